@@ -1,0 +1,113 @@
+"""The ``vaescope`` command line: parses arguments and calls the library, nothing else."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import config as config_mod
+from .errors import VaescopeError
+
+
+class _Group(click.Group):
+    """Turns a :class:`VaescopeError` into one ``Error: ...`` line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VaescopeError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vaescope")
+def main() -> None:
+    """Train Variational Autoencoders and study their latent space."""
+
+
+@main.command()
+@click.option("--preset", help="Named config: dense16, dense3, dense2, conv16, dense16_no_kl, dense16_ae.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A TOML file overriding the preset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one config key, e.g. --set loss.beta=2 (repeatable).")
+@click.option("--data", help="Dataset: mnist, fashion-mnist, an IDX directory or an .npz file.")
+@click.option("--epochs", type=int, help="Number of epochs (train.epochs).")
+@click.option("--seed", type=int, help="Random seed (train.seed).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory [default: runs/PRESET-seedS].")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ...], data: str | None,
+          epochs: int | None, seed: int | None, out: Path | None, resume: bool, quiet: bool) -> None:
+    """Train a VAE and write its run directory."""
+    from .train import train as run_training
+
+    if resume and out is None:
+        raise VaescopeError("--resume needs --out: the run directory to continue")
+    if resume and (preset or config_file or overrides or data or epochs is not None or seed is not None):
+        stored = out / "config.json"  # type: ignore[operator]
+        if stored.is_file():
+            raise VaescopeError(
+                f"--resume continues {out} with its stored config.json; drop the other options"
+            )
+    if preset is None and config_file is None and not resume:
+        raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) unless --config is given")
+    for name, value in (("--epochs", epochs), ("--seed", seed)):
+        if value is not None and value < (1 if name == "--epochs" else 0):
+            raise VaescopeError(f"{name} is {value}; it must be {'at least 1' if name == '--epochs' else '>= 0'}")
+    cfg = config_mod.resolve(preset, config_file, overrides, **{
+        "data.source": data, "train.epochs": epochs, "train.seed": seed})
+    if out is None:
+        out = Path("runs") / f"{cfg.name}-seed{cfg.train.seed}"
+    result = run_training(cfg, out, resume=resume, progress=not quiet, log=click.echo)
+    click.echo(f"trained {result.run_dir}: {len(result.metrics)} epochs; next: vaescope stats {result.run_dir}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.option("--mu-variance-threshold", type=float, help="Inactive when Var(mu) is below this [run's config: 0.01].")
+@click.option("--sigma2-threshold", type=float, help="Criterion shown beside: mean sigma^2 above this [0.8].")
+@click.option("--kl-threshold", type=float, help="Criterion shown beside: mean KL below this, nats [0.01].")
+def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | None,
+          sigma2_threshold: float | None, kl_threshold: float | None) -> None:
+    """Per-variable latent statistics of a trained RUN over a full split (the seed's Table 1)."""
+    import dataclasses
+
+    from .analysis import run_statistics
+    from .checkpoint import load_run
+    from .tables import latent_table
+
+    loaded = load_run(run)
+    given = {"mu_variance_threshold": mu_variance_threshold, "sigma2_threshold": sigma2_threshold,
+             "kl_threshold": kl_threshold}
+    thresholds = config_mod.validate(dataclasses.replace(
+        loaded.config, stats=dataclasses.replace(loaded.config.stats, **{k: v for k, v in given.items() if v is not None})
+    )).stats
+    result = run_statistics(loaded, split=split, thresholds=thresholds)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(split), indent=2))
+    else:
+        click.echo(latent_table(result, title=f"{run} ({loaded.config.name}), {split} split, {result.n} images"))
+
+
+@main.command()
+def presets() -> None:
+    """List the shipped presets."""
+    for name in config_mod.preset_names():
+        cfg = config_mod.resolve(name)
+        m = cfg.model
+        shape = "-".join(map(str, m.hidden)) if m.kind == "dense" else f"conv{list(m.conv_channels)}-{m.conv_dense}"
+        extra = "" if cfg.loss.sampling else (" no sampling" + (", no penalty" if cfg.loss.beta == 0 else ", quadratic penalty"))
+        click.echo(f"{name:<14} {m.kind:<5} {shape}-{m.latent_dim}{extra}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
