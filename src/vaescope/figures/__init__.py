@@ -1,0 +1,1 @@
+"""Figures: data in, matplotlib figure out. Nothing here computes a metric."""
