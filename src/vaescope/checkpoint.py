@@ -67,7 +67,9 @@ def _read_safetensors(path: Path, expected_sha256: str | None = None) -> tuple[d
 
 def save_weights(path: Path, model: nn.Module, config: Config, image_shape: tuple[int, ...]) -> None:
     """Weights plus the config and image shape that rebuild the model."""
-    metadata = {"config": json.dumps(config.to_dict()), "image_shape": json.dumps(list(image_shape))}
+    # One metadata key: safetensors stores metadata as a hash map whose order varies between
+    # processes, and byte-identical files for identical runs are worth keeping.
+    metadata = {"vaescope": json.dumps({"config": config.to_dict(), "image_shape": list(image_shape)})}
     atomic_write_bytes(path, st_save(_contiguous_cpu(model.state_dict()), metadata=metadata))
 
 
@@ -94,9 +96,10 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu") ->
         )
     tensors, metadata = _read_safetensors(weights)
     try:
-        config = config_mod.from_dict(json.loads(metadata["config"]), origin=str(weights))
-        image_shape = tuple(json.loads(metadata["image_shape"]))
-    except (KeyError, json.JSONDecodeError) as err:
+        meta = json.loads(metadata["vaescope"])
+        config = config_mod.from_dict(meta["config"], origin=str(weights))
+        image_shape = tuple(int(n) for n in meta["image_shape"])
+    except (KeyError, TypeError, ValueError) as err:
         raise VaescopeError(f"{weights} lacks vaescope's metadata; it was not written by vaescope train") from err
     model = build_model(config.model, image_shape)
     try:

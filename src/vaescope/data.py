@@ -271,7 +271,15 @@ def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
         allowed[(module, "scalar")] = scalar
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
+    # Python 3 pickles of protocol <= 2 store raw bytes as codecs.encode(text, "latin1").
+    allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise VaescopeError("a pickle asked for _codecs.encode with unexpected arguments; refusing it")
+    return text.encode("latin1")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
