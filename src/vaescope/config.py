@@ -227,7 +227,7 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
 
 def validate(config: Config) -> Config:
     """Refuse values no run could use, with one line naming the key and the fix."""
-    m, l, t, s = config.model, config.loss, config.train, config.stats
+    m, loss, t, s = config.model, config.loss, config.train, config.stats
 
     def need(ok: bool, key: str, fix: str) -> None:
         if not ok:
@@ -239,10 +239,10 @@ def validate(config: Config) -> Config:
     need(len(m.conv_channels) == 2 and all(c >= 1 for c in m.conv_channels), "model.conv_channels",
          f"is {list(m.conv_channels)}; give two positive channel counts, e.g. [32, 64]")
     need(m.conv_dense >= 1, "model.conv_dense", f"is {m.conv_dense}; it must be at least 1")
-    need(l.reconstruction in ("bernoulli", "gaussian"), "loss.reconstruction",
-         f"is {l.reconstruction!r}; use 'bernoulli' or 'gaussian'")
-    need(l.beta >= 0 and l.beta == l.beta and l.beta != float("inf"), "loss.beta",
-         f"is {l.beta}; it must be a finite number >= 0")
+    need(loss.reconstruction in ("bernoulli", "gaussian"), "loss.reconstruction",
+         f"is {loss.reconstruction!r}; use 'bernoulli' or 'gaussian'")
+    need(loss.beta >= 0 and loss.beta == loss.beta and loss.beta != float("inf"), "loss.beta",
+         f"is {loss.beta}; it must be a finite number >= 0")
     need(t.epochs >= 1, "train.epochs", f"is {t.epochs}; it must be at least 1")
     need(t.batch_size >= 1, "train.batch_size", f"is {t.batch_size}; it must be at least 1")
     need(0 < t.lr < float("inf"), "train.lr", f"is {t.lr}; it must be a positive number")

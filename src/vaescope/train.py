@@ -34,7 +34,7 @@ from .errors import VaescopeError
 from .models import build_model
 from .objectives import loss_terms
 from .stats import latent_statistics
-from .storage import atomic_write_json, atomic_write_text, directory_lock, read_json
+from .storage import atomic_write_text, directory_lock, read_json
 
 METRICS_FILE = "metrics.csv"
 TRACE_FILE = "trace.csv"
