@@ -1,0 +1,168 @@
+"""Figures of the sparsity and stationary-condition experiments: data in, Figure out."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from ..experiments.run_to_run import CountSpread
+from ..experiments.variance_law import StationaryCurves, VarianceLaw
+from ..experiments.variance_trace import VarianceTrace
+from .common import ACTIVE_COLOR, INACTIVE_COLOR, NEUTRAL_COLOR, image_row, new_figure, verdict_colors
+
+_VERDICT_LEGEND = [Line2D([], [], color=ACTIVE_COLOR, label="active at the end"),
+                   Line2D([], [], color=INACTIVE_COLOR, label="inactive at the end")]
+
+
+def variance_trace_figure(trace: VarianceTrace, title: str = "") -> Figure:
+    """Var(mu_j) and mean sigma_j^2 of every variable against minibatches, coloured by final verdict."""
+    fig = new_figure(11, 4)
+    left, right = fig.subplots(1, 2, sharex=True)
+    for j in range(trace.mu_variance.shape[1]):
+        color = ACTIVE_COLOR if trace.final_active[j] else INACTIVE_COLOR
+        left.plot(trace.minibatches, trace.mu_variance[:, j], color=color, lw=1.1, alpha=0.85)
+        right.plot(trace.minibatches, trace.sigma2_mean[:, j], color=color, lw=1.1, alpha=0.85)
+    left.axhline(trace.threshold, color=NEUTRAL_COLOR, ls=":", lw=1)
+    left.set_ylabel("Var(mu_j) over held-out images")
+    right.set_ylabel("mean sigma_j^2 over held-out images")
+    for ax in (left, right):
+        ax.set_xlabel("minibatches (128 images each)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    left.legend(handles=_VERDICT_LEGEND + [Line2D([], [], color=NEUTRAL_COLOR, ls=":",
+                                                  label=f"threshold {trace.threshold:g}")], loc="upper left")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def generation_figure(full: np.ndarray, zeroed: np.ndarray, inactive_count: int) -> Figure:
+    """Two rows of ``(N, C, H, W)`` images: all variables sampled, then inactive ones zeroed."""
+    n = len(full)
+    fig = new_figure(max(4.0, 0.75 * n), 2.0)
+    top, bottom = fig.subplots(2, 1)
+    image_row(top, full)
+    image_row(bottom, zeroed)
+    top.set_ylabel("all", rotation=0, ha="right", va="center")
+    bottom.set_ylabel(f"{inactive_count} inactive\nset to 0", rotation=0, ha="right", va="center")
+    return fig
+
+
+def reconstruction_gain_figure(gains: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """Bar chart per model: ``name -> (gain (D,), active (D,))``, gain in nats per image."""
+    fig = new_figure(5.5 * len(gains), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(gains)))
+    for ax, (name, (gain, active)) in zip(axes, gains.items()):
+        index = np.arange(len(gain))
+        ax.bar(index, gain, color=verdict_colors(active))
+        ax.set_xticks(index)
+        ax.set_xlabel("latent variable")
+        ax.set_ylabel("reconstruction gain (nats / image)")
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+        ax.axhline(0.0, color="black", lw=0.8)
+    axes[0].legend(handles=[Patch(color=ACTIVE_COLOR, label="active"), Patch(color=INACTIVE_COLOR, label="inactive")])
+    return fig
+
+
+def variance_law_figure(laws: Mapping[str, VarianceLaw]) -> Figure:
+    """Per variable, Var(mu) stacked under mean sigma^2, against the law's line at 1."""
+    fig = new_figure(5.5 * len(laws), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(laws), sharey=True))
+    for ax, (name, law) in zip(axes, laws.items()):
+        index = np.arange(len(law.law))
+        ax.bar(index, law.mu_variance, color=verdict_colors(law.active), label="Var(mu_j)")
+        ax.bar(index, law.sigma2_mean, bottom=law.mu_variance, color="#bbbbbb", label="mean sigma_j^2")
+        ax.axhline(1.0, color="black", lw=1.2, ls="--", label="law: sum = 1")
+        ax.set_xticks(index)
+        ax.set_xlabel("latent variable (bar colour: verdict)")
+        ax.set_title(f"{name}: max |sum - 1| = {law.max_abs_deviation:.3f}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("Var(mu_j) + mean sigma_j^2")
+    axes[0].legend(handles=[Patch(color=ACTIVE_COLOR, label="Var(mu_j), active"),
+                            Patch(color=INACTIVE_COLOR, label="Var(mu_j), inactive"),
+                            Patch(color="#bbbbbb", label="mean sigma_j^2"),
+                            Line2D([], [], color="black", ls="--", label="1")], loc="lower right", fontsize=8)
+    return fig
+
+
+def log_variance_figure(laws: Mapping[str, VarianceLaw]) -> Figure:
+    """mean(log sigma^2) against log(mean sigma^2) per variable, with the diagonal they would share."""
+    fig = new_figure(5.0, 4.5)
+    ax = fig.subplots()
+    markers = ["o", "s", "^", "D"]
+    lows, highs = [], []
+    for k, (name, law) in enumerate(laws.items()):
+        ax.scatter(law.log_mean_sigma2, law.mean_log_sigma2, c=verdict_colors(law.active),
+                   marker=markers[k % len(markers)], label=name, edgecolors="black", linewidths=0.4)
+        lows.append(min(law.log_mean_sigma2.min(), law.mean_log_sigma2.min()))
+        highs.append(max(law.log_mean_sigma2.max(), law.mean_log_sigma2.max()))
+    span = [min(lows) - 0.3, max(highs) + 0.3]
+    ax.plot(span, span, color=NEUTRAL_COLOR, ls="--", lw=1, label="equal (the seed's approximation)")
+    ax.set_xlabel("log(mean_X sigma_j^2)")
+    ax.set_ylabel("mean_X log sigma_j^2")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def stationary_kl_figure(curves: StationaryCurves) -> Figure:
+    """Eq. (1) against sigma^2 for each rho, with eq. (2)'s minimiser marked."""
+    fig = new_figure(6.0, 4.2)
+    ax = fig.subplots()
+    for k, rho in enumerate(curves.rhos):
+        line, = ax.plot(curves.sigma2, curves.kl[k], lw=1.5, label=f"rho = {rho:g}")
+        ax.plot(curves.formula_minimiser[k], curves.minimum_kl[k], "o", color=line.get_color(),
+                markeredgecolor="black")
+    ax.plot([], [], "o", color="white", markeredgecolor="black", label="rho^2 / (1 + rho^2)")
+    ax.set_xscale("log")
+    top = float(np.max(curves.minimum_kl)) * 1.6 + 1.0
+    ax.set_ylim(0.0, top)
+    ax.set_xlabel("sigma^2")
+    ax.set_ylabel("KL with sigma^2 / mu^2 = rho^2 (nats)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def sorted_variance_figure(mu_variances: Mapping[str, np.ndarray], threshold: float) -> Figure:
+    """Var(mu_j) of each model's variables sorted high to low, log scale, with the threshold."""
+    fig = new_figure(6.0, 4.0)
+    ax = fig.subplots()
+    for name, values in mu_variances.items():
+        ordered = np.sort(np.asarray(values))[::-1]
+        ax.plot(np.arange(1, len(ordered) + 1), ordered, "o-", label=name)
+    ax.axhline(threshold, color=INACTIVE_COLOR, ls=":", label=f"inactive below {threshold:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("variables, sorted by Var(mu_j)")
+    ax.set_ylabel("Var(mu_j) over the test set")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def run_to_run_figure(spreads: Mapping[str, CountSpread], seed_counts: Mapping[str, int],
+                      latent_dim: int) -> Figure:
+    """Inactive count per seed for each model (dots), with the seed article's count (cross)."""
+    fig = new_figure(1.8 + 1.6 * len(spreads), 3.8)
+    ax = fig.subplots()
+    names = list(spreads)
+    for x, name in enumerate(names):
+        counts = np.asarray(spreads[name].counts)
+        jitter = np.linspace(-0.12, 0.12, len(counts)) if len(counts) > 1 else np.zeros(1)
+        ax.scatter(x + jitter, counts, color=ACTIVE_COLOR, zorder=3, label="ours, one per seed" if x == 0 else None)
+        if name in seed_counts:
+            ax.scatter([x], [seed_counts[name]], marker="x", s=80, color=INACTIVE_COLOR, zorder=4,
+                       label="seed article" if name == next(n for n in names if n in seed_counts) else None)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(-0.5, latent_dim + 0.5)
+    ax.set_ylabel(f"inactive variables (of {latent_dim})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
