@@ -185,3 +185,16 @@ def test_real_mnist_standard_split_and_order():
     assert data.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert data.y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert np.bincount(data.y_train).tolist()[:2] == [5923, 6742]
+
+
+@pytest.mark.skipif(not data_mod.FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_debian_package():
+    data = load_dataset("fashion-mnist")
+    assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
+    assert data.y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+
+
+def test_fashion_mnist_missing_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(VaescopeError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
