@@ -109,5 +109,19 @@ def presets() -> None:
         click.echo(f"{name:<14} {m.kind:<5} {shape}-{m.latent_dim}{extra}")
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="Short training (about 5 minutes on 2 CPU cores for these experiments).")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per model (0, 1, ...).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: runs/reproduce-quick or runs/reproduce-full].")
+@click.option("--quiet", is_flag=True, help="No progress bars (epoch lines are still printed).")
+def reproduce(quick: bool, seeds: int, out: Path | None, quiet: bool) -> None:
+    """Reproduce the seed's experiments on MNIST: report.html, report.md, figures, results.json."""
+    from .reproduce import make_settings, reproduce as run_reproduce
+
+    settings = make_settings(quick=quick, seeds=seeds, progress=not quiet)
+    run_reproduce(settings, out or Path("runs") / f"reproduce-{settings.mode}", log=click.echo)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

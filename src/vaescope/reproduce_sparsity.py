@@ -1,0 +1,286 @@
+"""The static experiments of ``vaescope reproduce``: sparsity and the variance law (issue 3).
+
+Steps, in order: train or reuse dense16, dense16_no_kl and conv16 for every seed; the variance
+along training; Table 1 for both nets; generation with inactive variables zeroed; the
+reconstruction gain per variable; the variance law and the stationary condition; sparsity without
+the KL term; run-to-run variation. Each step reads runs from the :class:`Context`, calls the pure
+functions of :mod:`vaescope.experiments`, and adds numbers, figures and a report section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .experiments.generation import generation_check, generation_rows
+from .experiments.reconstruction_gain import reconstruction_gain
+from .experiments.run_to_run import count_spread
+from .experiments.sparsity_table import SEED_INACTIVE_COUNTS, seed_comparison, variable_rows
+from .experiments.variance_law import stationary_curves, variance_law
+from .experiments.variance_trace import variance_trace
+from .figures import sparsity as figs
+from .report import Paragraph, Section, Table
+from .reproduce import Context, Settings, Step, TrainedRun
+
+MODELS: tuple[str, ...] = ("dense16", "dense16_no_kl", "conv16")
+SPARSE_MODELS: tuple[str, ...] = ("dense16", "conv16")  # the two VAEs of the seed's Table 1
+
+
+def steps(settings: Settings) -> list[Step]:
+    return [
+        Step("train", "train or reuse dense16, dense16_no_kl and conv16 for every seed", train_models),
+        Step("variance-trace", "variance of each variable along training", variance_along_training),
+        Step("table1", "Table 1: per-variable statistics of the dense and conv nets", table1),
+        Step("generation", "generation with inactive variables zeroed", generation),
+        Step("reconstruction-gain", "reconstruction gain per variable", reconstruction_gains),
+        Step("variance-law", "variance law and stationary condition", variance_law_step),
+        Step("no-kl", "sparsity without the KL term", no_kl),
+        Step("run-to-run", "run-to-run variation and summary", run_to_run),
+    ]
+
+
+def _first(ctx: Context, model: str) -> TrainedRun:
+    return ctx.trained(model, ctx.seeds[0])
+
+
+def _g(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _e(x: float) -> str:
+    return f"{x:.3e}"
+
+
+# ---------------------------------------------------------------------------- steps
+
+def train_models(ctx: Context) -> None:
+    models: dict[str, Any] = ctx.results.setdefault("models", {})
+    for model in MODELS:
+        runs = [ctx.trained(model, seed) for seed in ctx.seeds]
+        models[model] = {
+            "epochs": runs[0].run.config.train.epochs,
+            "seeds": ctx.seeds,
+            "inactive_count": [r.stats.inactive_count for r in runs],
+            "variance_law_max_abs_dev": [r.stats.variance_law_max_abs_dev for r in runs],
+            "test_loss": [r.metrics[-1]["test_loss"] for r in runs],
+            "test_reconstruction": [r.metrics[-1]["test_reconstruction"] for r in runs],
+            "test_kl": [r.metrics[-1]["test_kl"] for r in runs],
+            "train_seconds": [round(r.train_seconds, 1) for r in runs],
+            "reused": [r.reused for r in runs],
+            "seed_article_inactive_count": SEED_INACTIVE_COUNTS.get(model),
+            "first_seed_statistics": runs[0].stats.to_dict("test"),
+        }
+
+
+def variance_along_training(ctx: Context) -> None:
+    tr = _first(ctx, "dense16")
+    data = variance_trace(tr.trace, tr.run.config.stats.mu_variance_threshold)
+    ctx.results["variance_trace"] = {"dense16": data.to_dict()}
+    image = ctx.figure(figs.variance_trace_figure(data, f"dense16, seed {tr.seed}"), "variance_trace",
+                       "Var(mu_j) (left) and mean sigma_j^2 (right) of the 16 variables of the dense net "
+                       "along training, on the first "
+                       f"{tr.run.config.train.trace_subset} test images; red: inactive at the end.")
+    settled = data.collapse_minibatch[~data.final_active]
+    text = (f"The variance of {int((~data.final_active).sum())} of {len(data.final_active)} variables falls "
+            "to about 0 while their mean posterior variance rises to about 1. "
+            + (f"They settle below the threshold {data.threshold:g} for good between minibatch "
+               f"{int(settled.min())} and {int(settled.max())} of {int(data.minibatches[-1])}."
+               if len(settled) and settled.min() >= 0 else ""))
+    ctx.sections.append(Section("variance-trace", "Variance of the latent variables along training", [
+        Paragraph("As in the seed's Figure 1: the dense 784-256-64-32-16 VAE, Var(mu_j) over held-out images "
+                  "against the number of minibatches of 128 images, recorded during training."),
+        image, Paragraph(text)]))
+
+
+def _table(tr: TrainedRun, model: str) -> Table:
+    rows = variable_rows(tr.stats)
+    cmp = seed_comparison(model, tr.stats.inactive_count, tr.stats.latent_dim)
+    seed_note = f"; the seed reports {cmp['seed']} of {cmp['latent_dim']}" if cmp["seed"] is not None else ""
+    return Table(
+        ["variable", "Var(mu)", "mean sigma^2", "Var(mu) + mean sigma^2", "mean KL (nats)", "verdict"],
+        [[str(r.index), _e(r.mu_variance), _e(r.sigma2_mean), f"{r.variance_law:.4f}", f"{r.kl_mean:.4f}",
+          "active" if r.active else "INACTIVE"] for r in rows],
+        highlight=frozenset(r.index for r in rows if not r.active),
+        caption=f"{model}, seed {tr.seed}: {tr.stats.inactive_count} of {tr.stats.latent_dim} inactive{seed_note}.",
+    )
+
+
+def table1(ctx: Context) -> None:
+    blocks: list[Any] = [Paragraph(
+        "Per variable over the test set: Var(mu), mean sigma^2 and the verdict (inactive when Var(mu) < "
+        f"{_first(ctx, 'dense16').run.config.stats.mu_variance_threshold:g}); inactive rows are highlighted.")]
+    comparison = []
+    for model in SPARSE_MODELS:
+        tr = _first(ctx, model)
+        blocks.append(_table(tr, model))
+        comparison.append(seed_comparison(model, tr.stats.inactive_count, tr.stats.latent_dim))
+    blocks.append(Table(["model", "inactive (ours, first seed)", "inactive (seed article)", "latent variables"],
+                        [[c["model"], str(c["ours"]), str(c["seed"]), str(c["latent_dim"])] for c in comparison],
+                        caption="Our counts beside the seed's."))
+    ctx.results["table1"] = {"comparison": comparison}
+    ctx.sections.append(Section("table1", "Table 1: inactive variables of the dense and convolutional nets", blocks))
+
+
+def generation(ctx: Context) -> None:
+    n = ctx.settings.generation_samples
+    per_model = {}
+    for model in SPARSE_MODELS:
+        tr = _first(ctx, model)
+        per_model[model] = generation_check(tr.run.model, tr.stats.active, tr.stats.kl_mean, n_samples=n,
+                                            seed=tr.seed).to_dict()
+    dense = per_model["dense16"]
+    ctx.results["generation"] = {
+        "model": "dense16",
+        "inactive_zeroed_mean_abs_diff": dense["inactive_zeroed_mean_abs_diff"],
+        "active_zeroed_mean_abs_diff": dense["active_zeroed_mean_abs_diff"],
+        "per_model": per_model,
+    }
+    tr = _first(ctx, "dense16")
+    full, zeroed = generation_rows(tr.run.model, tr.stats.active, n=10, seed=tr.seed)
+    image = ctx.figure(figs.generation_figure(full, zeroed, tr.stats.inactive_count), "generation",
+                       "Top: digits decoded from 10 normal samples of all 16 variables (dense16). "
+                       "Bottom: the same samples with the inactive variables set to 0.")
+    rows = [[m, str(len(d["inactive_variables"])), f"{d['inactive_zeroed_mean_abs_diff']:.2e}",
+             f"{d['active_zeroed_mean_abs_diff']:.2e}", f"{d['active_zeroed_random_mean_abs_diff']:.2e}"]
+            for m, d in per_model.items()]
+    ctx.sections.append(Section("generation", "Generation with the inactive variables zeroed", [
+        image,
+        Paragraph(f"To make \"indistinguishable\" checkable: over {n} normal samples, the mean absolute "
+                  "difference of the decoded pixel means (sigmoid of the logits, in [0, 1]) caused by zeroing the "
+                  "inactive variables, against the control of zeroing as many active variables. The control "
+                  "zeroes the active variables with the lowest mean KL (the least informative ones, the "
+                  f"smallest effect an active variable could have); the average over "
+                  f"{dense['random_draws']} random choices of active variables is shown beside it."),
+        Table(["model", "zeroed", "inactive zeroed", "control: lowest-KL active zeroed",
+               "random active zeroed (mean)"], rows, caption="Mean absolute pixel difference."),
+    ]))
+
+
+def reconstruction_gains(ctx: Context) -> None:
+    gains: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    results: dict[str, Any] = {}
+    table_rows = []
+    for model in SPARSE_MODELS:
+        tr = _first(ctx, model)
+        gain = reconstruction_gain(tr.run.model, ctx.dataset.x_test, tr.run.config.loss.reconstruction)
+        gains[model] = (gain.gain, tr.stats.active)
+        results[model] = gain.gain.tolist()
+        results[f"{model}_baseline_error"] = gain.baseline_error
+        for j, value in enumerate(gain.gain):
+            table_rows.append((model, j, value, bool(tr.stats.active[j])))
+    ctx.results["reconstruction_gain"] = results
+    image = ctx.figure(figs.reconstruction_gain_figure(gains), "reconstruction_gain",
+                       "Test-set reconstruction error with mu_j set to 0 minus the error with nothing zeroed.")
+    summary = []
+    for model, (gain, active) in gains.items():
+        inactive = gain[~active]
+        summary.append([model, _g(float(np.abs(inactive).max())) if len(inactive) else "-",
+                        _g(float(gain[active].min())) if active.any() else "-",
+                        _g(float(gain[active].max())) if active.any() else "-"])
+    dense_gain, dense_active = gains["dense16"]
+    ctx.sections.append(Section("reconstruction-gain", "Reconstruction gain per variable", [
+        Paragraph("The gain of variable j: the mean test-set reconstruction error (nats per image, the code is "
+                  "mu) with mu_j set to 0 minus the error with nothing zeroed. Inactive variables should gain ~0."),
+        image,
+        Table(["model", "max |gain|, inactive", "min gain, active", "max gain, active"], summary,
+              caption="Gains in nats per image."),
+        Table(["variable", "gain (nats / image)", "verdict"],
+              [[str(j), _g(float(dense_gain[j])), "active" if dense_active[j] else "INACTIVE"]
+               for j in range(len(dense_gain))],
+              highlight=frozenset(int(j) for j in np.flatnonzero(~dense_active)),
+              caption=f"dense16, seed {ctx.seeds[0]}."),
+    ]))
+
+
+def variance_law_step(ctx: Context) -> None:
+    laws = {model: variance_law(_first(ctx, model).stats) for model in SPARSE_MODELS}
+    curves = stationary_curves()
+    ctx.results["variance_law"] = {"stationary_check": curves.to_dict(),
+                                   **{m: law.to_dict() for m, law in laws.items()}}
+    law_image = ctx.figure(figs.variance_law_figure(laws), "variance_law",
+                           "Var(mu_j) (coloured by verdict) stacked under mean sigma_j^2, per variable; "
+                           "the law says the sum is 1.")
+    log_image = ctx.figure(figs.log_variance_figure(laws), "log_variance",
+                           "mean(log sigma^2) against log(mean sigma^2) per variable: the seed replaces the "
+                           "first by the second; Jensen's inequality puts points on or below the diagonal.")
+    kl_image = ctx.figure(figs.stationary_kl_figure(curves), "stationary_kl",
+                          "Eq. (1): KL as a function of sigma^2 at a fixed ratio rho^2 = sigma^2 / mu^2; dots "
+                          "mark eq. (2), sigma^2 = rho^2 / (1 + rho^2).")
+    per_seed = [[m, ", ".join(f"{v:.3f}" for v in ctx.results["models"][m]["variance_law_max_abs_dev"])]
+                for m in SPARSE_MODELS]
+    ctx.sections.append(Section("variance-law", "The variance law Var(mu) + mean sigma^2 = 1", [
+        Paragraph("The seed's stationary condition (3): for every variable, active or inactive, the variance of "
+                  "its mean over the data plus its mean posterior variance is about 1."),
+        law_image,
+        Table(["model", "max |Var(mu) + mean sigma^2 - 1| per seed"], per_seed),
+        Paragraph("The derivation approximates mean(log sigma^2) by log(mean sigma^2). The gap is largest for "
+                  "variables whose sigma^2 varies a lot across the data: "
+                  + "; ".join(f"{m}: largest gap {float(law.jensen_gap.max()):.3f}" for m, law in laws.items())
+                  + "."),
+        log_image,
+        Paragraph("The seed's Figure 1 of the stationary-condition article, with a numerical check that the "
+                  "curves' minimum lies where eq. (2) puts it (golden-section search on eq. (1), independent "
+                  f"of eq. (2)); the largest error over the rhos is {curves.max_abs_error:.1e}."),
+        kl_image,
+        Table(["rho", "eq. (2): rho^2 / (1 + rho^2)", "numerical argmin", "argmin on the plotted grid"],
+              [[f"{r:g}", f"{f:.6f}", f"{n:.6f}", f"{g:.4f}"] for r, f, n, g in
+               zip(curves.rhos, curves.formula_minimiser, curves.numerical_minimiser, curves.grid_minimiser)]),
+    ]))
+
+
+def no_kl(ctx: Context) -> None:
+    runs = [ctx.trained("dense16_no_kl", seed) for seed in ctx.seeds]
+    tr, dense = runs[0], _first(ctx, "dense16")
+    gain = reconstruction_gain(tr.run.model, ctx.dataset.x_test, tr.run.config.loss.reconstruction)
+    used = int((gain.gain > 0.01 * gain.gain.max()).sum())
+    ctx.results["no_kl"] = {
+        "inactive_count": [r.stats.inactive_count for r in runs],
+        "mu_variance_first_seed": tr.stats.mu_variance.tolist(),
+        "reconstruction_gain_first_seed": gain.gain.tolist(),
+        "used_by_decoder_first_seed": used,
+    }
+    image = ctx.figure(figs.sorted_variance_figure({"dense16 (VAE)": dense.stats.mu_variance,
+                                                    "dense16_no_kl (no sampling, mu^2/2 kept)": tr.stats.mu_variance},
+                                                   tr.run.config.stats.mu_variance_threshold),
+                       "no_kl_variance", "Var(mu_j) of every variable, sorted, for the VAE and for the same net "
+                       "trained without sampling (only the quadratic penalty on mu).")
+    counts = ", ".join(str(r.stats.inactive_count) for r in runs)
+    ctx.sections.append(Section("no-kl", "Sparsity needs the KL term", [
+        Paragraph("The dense net trained with z = mu (no sampling) and only the quadratic penalty mu^2/2 of the "
+                  "KL kept. The seed says sparsity disappears. Inactive counts (Var(mu) < "
+                  f"{tr.run.config.stats.mu_variance_threshold:g}) per seed: **{counts}** of {tr.stats.latent_dim}, "
+                  f"against {', '.join(str(r.stats.inactive_count) for r in (ctx.trained('dense16', s) for s in ctx.seeds))} "
+                  "for the VAE. Without sampling sigma^2 is untrained, so only Var(mu) and the decoder's use "
+                  f"of a variable mean anything: on seed {tr.seed}, {used} of {tr.stats.latent_dim} variables have a "
+                  "reconstruction gain above 1% of the largest."),
+        image,
+    ]))
+
+
+def run_to_run(ctx: Context) -> None:
+    models = ctx.results["models"]
+    spreads = {m: count_spread(ctx.seeds, models[m]["inactive_count"]) for m in MODELS}
+    ctx.results["run_to_run"] = {m: s.to_dict() for m, s in spreads.items()}
+    dim = _first(ctx, "dense16").stats.latent_dim
+    image = ctx.figure(figs.run_to_run_figure(spreads, SEED_INACTIVE_COUNTS, dim), "run_to_run",
+                       "Inactive variables per seed (dots) and the seed article's count (cross).")
+    rows = [[m, str(models[m]["epochs"]), ", ".join(map(str, s.counts)), f"{s.minimum}-{s.maximum}",
+             f"{s.mean:.2f}", f"{s.std:.2f}", str(SEED_INACTIVE_COUNTS.get(m, "-"))] for m, s in spreads.items()]
+    table = Table(["model", "epochs", "inactive per seed", "range", "mean", "std", "seed article"], rows)
+    ctx.sections.append(Section("run-to-run", "Run to run", [
+        Paragraph(f"Every model trained with {len(ctx.seeds)} seed(s); the seed says the degree of sparsity "
+                  "varies slightly from training to training."), image, table]))
+    ctx.sections.insert(0, Section("summary", "Summary", [_summary(ctx), table]))
+
+
+def _summary(ctx: Context) -> Paragraph:
+    m, g = ctx.results["models"], ctx.results["generation"]
+    return Paragraph(
+        f"dense16: inactive per seed {m['dense16']['inactive_count']} (seed article: 8 of 16); conv16: "
+        f"{m['conv16']['inactive_count']} (seed article: 3 of 16); dense16 without sampling: "
+        f"{m['dense16_no_kl']['inactive_count']}. Largest |Var(mu) + mean sigma^2 - 1| per seed: dense16 "
+        f"{[round(v, 3) for v in m['dense16']['variance_law_max_abs_dev']]}, conv16 "
+        f"{[round(v, 3) for v in m['conv16']['variance_law_max_abs_dev']]}. Zeroing the inactive variables of "
+        f"dense16 changes generated pixels by {g['inactive_zeroed_mean_abs_diff']:.2e} on average, zeroing as many "
+        f"low-KL active ones by {g['active_zeroed_mean_abs_diff']:.2e}.")
