@@ -1,0 +1,139 @@
+"""``vaescope reproduce`` end to end on a tiny dataset with tiny models: files, keys, reuse, extension."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from vaescope import reproduce as reproduce_mod
+from vaescope.cli import main
+from vaescope.data import Dataset
+from vaescope.errors import VaescopeError
+from vaescope.report import Paragraph, Section
+from vaescope.reproduce import Context, Step, default_steps, make_settings, reproduce
+
+from conftest import TINY_OVERRIDES
+
+SECTION_IDS = ["summary", "variance-trace", "table1", "generation", "reconstruction-gain", "variance-law",
+               "no-kl", "run-to-run"]
+TINY_EPOCHS = {"dense16": 2, "dense16_no_kl": 2, "conv16": 1}
+
+
+def _settings(tiny_npz: Path, **changes: Any):
+    overrides = tuple(o for o in TINY_OVERRIDES if not o.startswith("train.epochs"))
+    kwargs: dict[str, Any] = dict(seeds=2, overrides=overrides, epochs=TINY_EPOCHS, data_source=str(tiny_npz),
+                                  generation_samples=50, progress=False)
+    kwargs.update(changes)
+    return make_settings(quick=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduction(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Dataset,
+                      tiny_npz: Path) -> tuple[Path, dict[str, Any], list[str], Path]:
+    out = tmp_path_factory.mktemp("repro")
+    lines: list[str] = []
+    results = reproduce(_settings(tiny_npz), out, dataset=tiny_dataset, log=lines.append)
+    return out, results, lines, tiny_npz
+
+
+def test_results_json_holds_the_required_keys(tiny_reproduction) -> None:
+    out, results, _, _ = tiny_reproduction
+    stored = json.loads((out / "results.json").read_text())
+    assert stored == json.loads(json.dumps(results))
+    for model in ("dense16", "conv16", "dense16_no_kl"):
+        counts = stored["models"][model]["inactive_count"]
+        assert len(counts) == 2 and all(0 <= c <= 4 for c in counts)
+    for model in ("dense16", "conv16"):
+        devs = stored["models"][model]["variance_law_max_abs_dev"]
+        assert len(devs) == 2 and all(d >= 0 for d in devs)
+        # the deviation is the statistic of the first seed's stored table
+        first = stored["models"][model]["first_seed_statistics"]
+        assert devs[0] == pytest.approx(max(abs(v["variance_law"] - 1) for v in first["variables"]))
+        assert stored["models"][model]["inactive_count"][0] == first["inactive_count"]
+    generation = stored["generation"]
+    assert generation["inactive_zeroed_mean_abs_diff"] >= 0 and generation["active_zeroed_mean_abs_diff"] >= 0
+    assert len(stored["reconstruction_gain"]["dense16"]) == 4
+    assert stored["run_to_run"]["dense16"]["counts"] == stored["models"]["dense16"]["inactive_count"]
+    assert stored["variance_law"]["stationary_check"]["max_abs_error"] < 1e-6
+    assert stored["seeds"] == [0, 1] and stored["mode"] == "quick"
+
+
+def test_report_has_every_section_and_embeds_every_figure(tiny_reproduction) -> None:
+    out, _, _, _ = tiny_reproduction
+    page = (out / "report.html").read_text()
+    ids = re.findall(r'<section id="([^"]+)"', page)
+    assert ids == SECTION_IDS
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert len(pngs) == 8
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == len(pngs) and all(s.startswith("data:image/png;base64,") for s in sources)
+    markdown = (out / "report.md").read_text()
+    for name in pngs:
+        assert f"(figures/{name})" in markdown
+
+
+def test_progress_names_steps_models_and_epochs(tiny_reproduction) -> None:
+    _, _, lines, _ = tiny_reproduction
+    text = "\n".join(lines)
+    assert "[1/8] train or reuse" in text and "[8/8] run-to-run" in text
+    assert "training conv16 seed 1 (1 epochs)" in text
+    assert re.search(r"^epoch 2/2 ", text, re.M)
+
+
+def test_second_run_reuses_every_model(tiny_reproduction, tiny_dataset: Dataset) -> None:
+    out, first, _, tiny_npz = tiny_reproduction
+    lines: list[str] = []
+    again = reproduce(_settings(tiny_npz), out, dataset=tiny_dataset, log=lines.append)
+    assert not any(line.startswith("training ") for line in lines)
+    assert all(all(again["models"][m]["reused"]) for m in again["models"])
+    assert again["models"]["dense16"]["inactive_count"] == first["models"]["dense16"]["inactive_count"]
+    assert again["reconstruction_gain"]["dense16"] == first["reconstruction_gain"]["dense16"]
+
+
+def test_changed_config_retrains_only_that_model(tmp_path: Path, tiny_dataset: Dataset, tiny_npz: Path) -> None:
+    steps = [s for s in default_steps(_settings(tiny_npz)) if s.id == "train"]
+    reproduce(_settings(tiny_npz, seeds=1), tmp_path, steps=steps, dataset=tiny_dataset, log=lambda _: None)
+    lines: list[str] = []
+    changed = _settings(tiny_npz, seeds=1, epochs={**TINY_EPOCHS, "dense16": 3})
+    results = reproduce(changed, tmp_path, steps=steps, dataset=tiny_dataset, log=lines.append)
+    assert any("different config (train.epochs)" in line for line in lines)
+    assert results["models"]["dense16"]["reused"] == [False] and results["models"]["conv16"]["reused"] == [True]
+    assert results["models"]["dense16"]["epochs"] == 3
+
+
+def test_another_module_can_add_a_step_and_a_section(tmp_path: Path, tiny_dataset: Dataset, tiny_npz: Path) -> None:
+    def extra(ctx: Context) -> None:
+        tr = ctx.trained("dense16", 0)
+        ctx.results["extra"] = {"inactive": tr.stats.inactive_count}
+        ctx.sections.append(Section("extra", "An added experiment", [Paragraph("added")]))
+
+    settings = _settings(tiny_npz, seeds=1)
+    results = reproduce(settings, tmp_path, steps=[*default_steps(settings), Step("extra", "extra", extra)],
+                        dataset=tiny_dataset, log=lambda _: None)
+    assert results["extra"]["inactive"] == results["models"]["dense16"]["inactive_count"][0]
+    ids = re.findall(r'<section id="([^"]+)"', (tmp_path / "report.html").read_text())
+    assert ids == [*SECTION_IDS, "extra"]
+
+
+def test_settings_refuse_zero_seeds_and_choose_epochs() -> None:
+    with pytest.raises(VaescopeError, match="--seeds"):
+        make_settings(seeds=0)
+    quick, full = make_settings(quick=True), make_settings(quick=False)
+    assert quick.epochs_for("dense16") < full.epochs_for("dense16")
+    assert quick.mode == "quick" and full.mode == "full"
+
+
+def test_cli_parses_and_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[Any, Path]] = []
+    monkeypatch.setattr(reproduce_mod, "reproduce", lambda settings, out, log=None: calls.append((settings, out)))
+    result = CliRunner().invoke(main, ["reproduce", "--quick", "--seeds", "2", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    settings, out = calls[0]
+    assert settings.quick and settings.seeds == 2 and out == tmp_path / "r"
+    bad = CliRunner().invoke(main, ["reproduce", "--seeds", "0"])
+    assert bad.exit_code == 2 and "--seeds is 0" in bad.output
