@@ -49,6 +49,8 @@ def _read_safetensors(path: Path, expected_sha256: str | None = None) -> tuple[d
         raw = path.read_bytes()
     except FileNotFoundError as err:
         raise VaescopeError(f"{path} does not exist; was the run finished?") from err
+    except OSError as err:
+        raise VaescopeError(f"cannot read {path}: {err.strerror or err}; check the file") from err
     if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise VaescopeError(
             f"{path} does not match the SHA-256 recorded for it; the file was changed or corrupted, "
@@ -178,20 +180,36 @@ def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / CHECKPOINT_DIR / LATEST_FILE).is_file()
 
 
+def _read_pointer(run_dir: Path) -> dict[str, Any]:
+    where = run_dir / CHECKPOINT_DIR / LATEST_FILE
+    pointer = read_json(where, "checkpoint pointer")
+    try:
+        name, digest, epoch = str(pointer["file"]), str(pointer["sha256"]), int(pointer["epoch"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise VaescopeError(f"{where} is malformed; delete the checkpoints folder to start over") from err
+    # The pointer must name a checkpoint file inside the checkpoints folder: no "..", no "/".
+    if Path(name).name != name or not (name.startswith("epoch-") and name.endswith(".safetensors")):
+        raise VaescopeError(f"{where} points to {name!r}, not a checkpoint of this folder; refusing it")
+    return {"file": name, "sha256": digest, "epoch": epoch}
+
+
+def load_checkpoint_epoch(run_dir: Path) -> int:
+    """The epoch of the newest complete checkpoint (from ``latest.json``)."""
+    return _read_pointer(run_dir)["epoch"]
+
+
 def load_checkpoint(run_dir: Path) -> Checkpoint:
     """The newest complete checkpoint of ``run_dir``, its hash verified."""
-    pointer = read_json(run_dir / CHECKPOINT_DIR / LATEST_FILE, "checkpoint pointer")
-    try:
-        name, digest = str(pointer["file"]), str(pointer["sha256"])
-    except (KeyError, TypeError) as err:
-        raise VaescopeError(f"{run_dir / CHECKPOINT_DIR / LATEST_FILE} is malformed; delete the checkpoints folder to start over") from err
-    if Path(name).name != name:  # the pointer must name a file in the checkpoints folder
-        raise VaescopeError(f"{run_dir / CHECKPOINT_DIR / LATEST_FILE} points outside its folder; refusing it")
-    tensors, metadata = _read_safetensors(run_dir / CHECKPOINT_DIR / name, expected_sha256=digest)
-    meta = json.loads(metadata["vaescope"])
+    pointer = _read_pointer(run_dir)
+    path = run_dir / CHECKPOINT_DIR / pointer["file"]
+    tensors, metadata = _read_safetensors(path, expected_sha256=pointer["sha256"])
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}, "extra": {}}
-    for key, value in tensors.items():
-        head, rest = key.split(".", 1)
-        groups[head][rest] = value
-    optim = _optimizer_from_flat({f"optim.{k}": v for k, v in groups["optim"].items()}, meta.pop("optimizer"))
+    try:  # the hash matched, so only a file crafted together with its pointer gets here
+        meta = json.loads(metadata["vaescope"])
+        for key, value in tensors.items():
+            head, rest = key.split(".", 1)
+            groups[head][rest] = value
+        optim = _optimizer_from_flat({f"optim.{k}": v for k, v in groups["optim"].items()}, meta.pop("optimizer"))
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise VaescopeError(f"{path} lacks vaescope's checkpoint layout ({err!r}); delete the checkpoints folder") from err
     return Checkpoint(groups["model"], optim, groups["rng"], groups["extra"], meta)

@@ -176,6 +176,12 @@ def _make(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any, where
     )
 
 
+def check_dataset(data: Dataset) -> Dataset:
+    """The checks the file readers make (shape, dtype, [0, 1], no NaN or Inf), for a
+    :class:`Dataset` built in Python; returns it normalised to ``(N, C, H, W)``."""
+    return _make(data.name, data.x_train, data.y_train, data.x_test, data.y_test, f"dataset {data.name!r}")
+
+
 # ---------------------------------------------------------------------------- npz
 
 def load_npz(path: str | os.PathLike[str]) -> Dataset:

@@ -11,11 +11,17 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import VaescopeError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 def _current_umask() -> int:
@@ -93,12 +99,63 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
 def directory_lock(directory: str | os.PathLike[str], what: str = "run directory") -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` for the life of the context.
 
-    The lock is a ``.lock`` file holding the owner's PID, created with ``O_EXCL``. A lock whose
-    process is gone (a killed run) is stale and is taken over.
+    The lock is an ``flock`` on ``directory/.lock``, which also holds the owner's PID for the
+    message. The kernel drops an ``flock`` when its process dies, however it dies, so a lock left
+    by a killed run is stale by construction and a reused PID cannot fake an owner. Where
+    ``flock`` is missing (Windows) the PID in the file decides, which a reused PID can fool.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VaescopeError(f"cannot create {what} {directory}: {err.strerror or err}; {_fix_hint(err)}") from err
     lock = directory / ".lock"
+    acquire = _flock_acquire if fcntl is not None else _pid_acquire
+    fd = acquire(lock, directory, what)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # unlinked while still held, so no one can lock the dead inode in between
+        os.close(fd)
+
+
+def _flock_acquire(lock: Path, directory: Path, what: str) -> int:
+    for _ in range(10):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise VaescopeError(f"cannot lock {directory}: {err.strerror}; {_fix_hint(err)}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _lock_owner(lock)
+            os.close(fd)
+            raise VaescopeError(
+                f"{what} {directory} is in use by process {owner if owner is not None else '(unknown)'}; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        except OSError as err:  # e.g. a filesystem without locks
+            os.close(fd)
+            raise VaescopeError(f"cannot lock {directory}: {err.strerror}; {_fix_hint(err)}") from err
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the previous owner unlinked it between our open and our flock: retry
+            os.close(fd)
+            continue
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as err:
+            os.close(fd)
+            raise VaescopeError(f"cannot lock {directory}: {err.strerror}; {_fix_hint(err)}") from err
+        return fd
+    raise VaescopeError(f"could not lock {what} {directory}: another process keeps taking it; try again")
+
+
+def _pid_acquire(lock: Path, directory: Path, what: str) -> int:  # pragma: no cover - no flock
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -114,16 +171,9 @@ def directory_lock(directory: str | os.PathLike[str], what: str = "run directory
             continue
         except OSError as err:
             raise VaescopeError(f"cannot lock {directory}: {err.strerror}; {_fix_hint(err)}") from err
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
-    else:  # pragma: no cover - only under a race with another process taking over the lock
-        raise VaescopeError(f"could not lock {what} {directory}; try again")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+    raise VaescopeError(f"could not lock {what} {directory}; try again")
 
 
 def _lock_owner(lock: Path) -> int | None:
@@ -133,7 +183,7 @@ def _lock_owner(lock: Path) -> int | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int) -> bool:  # pragma: no cover - used without flock only
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -141,3 +191,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# atomic_write_bytes names its temporaries ".<target>.<random>.tmp" (tempfile.mkstemp).
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``directory``; call it only while holding
+    the directory's lock (then no live writer owns them). Returns what was removed."""
+    removed = []
+    for path in Path(directory).glob(".*.tmp"):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -26,15 +26,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, has_checkpoint, load_checkpoint,
-                         save_checkpoint, save_weights)
+                         load_checkpoint_epoch, save_checkpoint, save_weights)
 from .config import Config, LossConfig
 from .config import from_dict as config_from_dict
-from .data import Dataset, load_dataset
+from .data import Dataset, check_dataset, load_dataset
 from .errors import VaescopeError
 from .models import build_model
 from .objectives import loss_terms
 from .stats import latent_statistics
-from .storage import atomic_write_text, directory_lock, read_json
+from .storage import atomic_write_text, directory_lock, read_json, remove_temporaries
 
 METRICS_FILE = "metrics.csv"
 TRACE_FILE = "trace.csv"
@@ -159,9 +159,20 @@ def _rows_to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------- epochs
 
 class NonFiniteLoss(Exception):
-    def __init__(self, step: int) -> None:
+    """The loss (or, with ``gradient``, a gradient of a finite loss) was NaN or infinite."""
+
+    def __init__(self, step: int, gradient: bool = False) -> None:
         super().__init__(step)
         self.step = step
+        self.gradient = gradient
+
+
+def _gradient_norm(model: nn.Module) -> torch.Tensor:
+    """Norm of all gradients (one fused kernel): non-finite iff some gradient entry is."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.stack(torch._foreach_norm(grads)).norm()
 
 
 def train_epoch(
@@ -179,7 +190,8 @@ def train_epoch(
     """One pass over ``x_train`` ``(N, C, H, W)`` in a random order; returns the new global step
     and the epoch's mean loss, reconstruction and KL (the regulariser when not sampling).
 
-    Raises :class:`NonFiniteLoss` at the first step whose loss is NaN or infinite.
+    Raises :class:`NonFiniteLoss` at the first step whose loss or gradient is NaN or infinite,
+    before Adam applies it: the weights stay finite.
     """
     model.train()
     n = len(x_train)
@@ -188,10 +200,12 @@ def train_epoch(
     for start in range(0, n, batch_size):
         batch = as_float(x_train[order[start : start + batch_size]])
         terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook)
-        if not torch.isfinite(terms.total):  # one host sync per step; free on CPU
-            raise NonFiniteLoss(step + 1)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
+        # One host sync per step, before Adam: an inf gradient of a finite loss would otherwise
+        # turn the weights into NaN (Adam's inf/inf) and reach the next checkpoint.
+        if not torch.isfinite(terms.total.detach() + _gradient_norm(model)):
+            raise NonFiniteLoss(step + 1, gradient=bool(torch.isfinite(terms.total)))
         optimizer.step()
         step += 1
         with torch.no_grad():
@@ -269,8 +283,13 @@ def train(
     """
     out = Path(out)
     say = log or (lambda line: tqdm.write(line))
-    config = _prepare_run_dir(out, config, resume)
-    with directory_lock(out):
+    if dataset is not None:
+        dataset = check_dataset(dataset)  # the readers check files; a caller's arrays get the same checks
+    with directory_lock(out):  # before looking at the directory: a live writer may be changing it
+        config = _prepare_run_dir(out, config, resume)
+        if resume:  # a killed writer's temporaries; the lock says no live writer owns them
+            remove_temporaries(out)
+            remove_temporaries(out / "checkpoints")
         return _train_locked(config, out, resume, dataset, progress, say)
 
 
@@ -336,11 +355,12 @@ def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | No
                 step, train_means = train_epoch(model, optimizer, x_train, config.loss, t_cfg.batch_size,
                                                 shuffle, noise, step, on_step=on_step)
             except NonFiniteLoss as fault:
-                kept = f"the last good checkpoint (epoch {epoch}) is kept in {out / 'checkpoints'}" \
-                    if has_checkpoint(out) else "no checkpoint had been written yet"
+                kept = f"the last good checkpoint (epoch {load_checkpoint_epoch(out)}) is kept in " \
+                    f"{out / 'checkpoints'}" if has_checkpoint(out) else "no checkpoint had been written yet"
+                what = "a gradient became NaN or infinite (the loss was finite)" if fault.gradient \
+                    else "the loss became NaN or infinite"
                 raise VaescopeError(
-                    f"the loss became NaN or infinite at epoch {epoch + 1}, step {fault.step}; {kept}; "
-                    "lower train.lr or check the data"
+                    f"{what} at epoch {epoch + 1}, step {fault.step}; {kept}; lower train.lr or check the data"
                 ) from None
             seconds = time.perf_counter() - started
             epoch += 1
