@@ -1,0 +1,350 @@
+"""``vaescope bench``: vaescope's engine side by side with the common PyTorch loop and pythae.
+
+All contenders run in one process and are interleaved: each round times every contender once,
+in an order rotated from round to round, so that load from the rest of the machine hits all of
+them alike; the report gives medians over rounds. The yardstick is the rate of a large float32
+matrix product; a contender's GFLOP/s is the FLOPs its architecture performs (counted from its
+Linear and convolution layers, not read from a profiler) over its median time.
+
+Contenders:
+- ``vaescope``: :func:`vaescope.train.train_epoch`, the loop behind ``vaescope train``.
+- ``reference``: the loop most PyTorch code writes (a ``DataLoader`` over a ``TensorDataset``
+  with shuffling, default Adam, ``loss.item()`` every step), same model and same loss.
+- ``pythae``: pythae's ``TrainingPipeline`` on the same dense model, when pythae is installed
+  (``pip install vaescope[bench]``); its epoch is timed from its own epoch callbacks, so its
+  set-up and model saving are not counted against it.
+- ``stats``: :func:`vaescope.stats.latent_statistics` over the training split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config, resolve
+from .data import Dataset, load_dataset
+from .errors import VaescopeError
+from .models import build_model
+from .objectives import loss_terms
+from .stats import latent_statistics
+from .train import configure_cpu, images_to_device, make_optimizer, select_device, train_epoch
+
+TRAINING_PRESETS = ("dense16", "conv16")
+PYTHAE_PRESET = "dense16"  # pythae runs the dense model only (its conv nets differ from ours)
+STATS_PRESET = "dense16"
+STATS_BATCH_SIZE = 2000  # what `vaescope stats` uses (vaescope.analysis)
+TRAINING_FLOPS_FACTOR = 3  # backward ~ 2x forward: gradients of inputs and of weights
+
+
+# ---------------------------------------------------------------------------- FLOPs
+
+def forward_flops(model: nn.Module, run: Callable[[], Any]) -> int:
+    """FLOPs (2 per multiply-add) of the Linear, Conv2d and ConvTranspose2d layers of ``model``
+    that ``run()`` executes; biases and activations are not counted (they are O(outputs))."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        x = inputs[0]
+        if isinstance(module, nn.Linear):
+            macs = x.numel() // module.in_features * module.in_features * module.out_features
+        elif isinstance(module, nn.Conv2d):  # each output value: C_in/groups * kh * kw MACs
+            macs = output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        else:  # ConvTranspose2d: each input value is spread over C_out/groups * kh * kw outputs
+            macs = x.numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
+        total += 2 * macs
+
+    handles = [m.register_forward_hook(count) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def training_flops_per_example(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """FLOPs of one training step per example: forward through encoder and decoder, times 3."""
+    x = torch.zeros((1, *image_shape), device=next(model.parameters()).device)
+    return TRAINING_FLOPS_FACTOR * forward_flops(model, lambda: model.decode(model.encode(x)[0]))
+
+
+def encoder_flops_per_example(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """FLOPs of the encoder's forward pass for one example (what the statistics pass runs)."""
+    x = torch.zeros((1, *image_shape), device=next(model.parameters()).device)
+    return forward_flops(model, lambda: model.encode(x))
+
+
+# ---------------------------------------------------------------------------- contenders
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, work: Callable[[], Any]) -> float:
+    _synchronize(device)
+    started = time.perf_counter()
+    work()
+    _synchronize(device)
+    return time.perf_counter() - started
+
+
+def matmul_contender(size: int, device: torch.device) -> Callable[[int], float]:
+    """Seconds per ``size x size`` float32 product (several back to back where one is quick)."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    out = torch.empty_like(a)
+    torch.mm(a, b, out=out)
+    repeats = max(1, math.ceil(0.2 / _timed(device, lambda: torch.mm(a, b, out=out))))
+
+    def run(_: int) -> float:
+        def products() -> None:
+            for _ in range(repeats):
+                torch.mm(a, b, out=out)
+        return _timed(device, products) / repeats
+
+    return run
+
+
+def vaescope_contender(config: Config, x: torch.Tensor, image_shape: tuple[int, ...]) -> tuple[Callable[[int], float], nn.Module]:
+    """One epoch of :func:`train_epoch` over the first n images of ``x`` (uint8 on the device)."""
+    t_cfg = config.train
+    torch.manual_seed(t_cfg.seed)
+    model = build_model(config.model, image_shape).to(x.device)
+    optimizer = make_optimizer(model, t_cfg.lr, x.device)
+    shuffle = torch.Generator().manual_seed(t_cfg.seed)
+    noise = torch.Generator(device=x.device).manual_seed(t_cfg.seed + 1)
+
+    def run(n: int) -> float:
+        return _timed(x.device, lambda: train_epoch(model, optimizer, x[:n], config.loss, t_cfg.batch_size,
+                                                    shuffle, noise))
+
+    return run, model
+
+
+def reference_contender(config: Config, x_float: torch.Tensor, image_shape: tuple[int, ...],
+                        device: torch.device) -> Callable[[int], float]:
+    """The common plain-PyTorch epoch: a shuffling DataLoader over a TensorDataset of float
+    images (on the CPU, batches moved to ``device``), default Adam, ``loss.item()`` per step."""
+    t_cfg = config.train
+    torch.manual_seed(t_cfg.seed)
+    model = build_model(config.model, image_shape).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t_cfg.lr)
+
+    def epoch(n: int) -> float:
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_float[:n]),
+                                             batch_size=t_cfg.batch_size, shuffle=True)
+        model.train()
+        running = 0.0
+        for (batch,) in loader:
+            batch = batch.to(device)
+            loss = loss_terms(model, batch, config.loss).total
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+        return running
+
+    return lambda n: _timed(device, lambda: epoch(n))
+
+
+def pythae_contender(config: Config, x_float: np.ndarray, image_shape: tuple[int, ...],
+                     device: torch.device) -> Callable[[int], float] | None:
+    """One epoch of pythae's ``TrainingPipeline`` with our model inside pythae's VAE (pythae's own
+    ELBO: BCE on sigmoid outputs plus the closed-form KL); None when pythae is not installed."""
+    try:
+        from pythae.models import VAE, VAEConfig
+        from pythae.models.base.base_utils import ModelOutput
+        from pythae.models.nn import BaseDecoder, BaseEncoder
+        from pythae.pipelines import TrainingPipeline
+        from pythae.trainers import BaseTrainerConfig
+        from pythae.trainers.training_callbacks import TrainingCallback
+    except ImportError:
+        return None
+    for name in list(logging.root.manager.loggerDict):  # pythae logs every epoch at INFO
+        if name.startswith("pythae"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    t_cfg = config.train
+    torch.manual_seed(t_cfg.seed)
+    ours = build_model(config.model, image_shape)
+
+    class Encoder(BaseEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vae = ours
+
+        def forward(self, x: torch.Tensor) -> Any:
+            mu, logvar = self.vae.encode(x)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
+
+    class Decoder(BaseDecoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = ours.decoder
+
+        def forward(self, z: torch.Tensor) -> Any:
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
+
+    class EpochTimer(TrainingCallback):
+        seconds = math.nan
+
+        def on_epoch_begin(self, training_config: Any, **kwargs: Any) -> None:
+            _synchronize(device)
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, training_config: Any, **kwargs: Any) -> None:
+            _synchronize(device)
+            self.seconds = time.perf_counter() - self.started
+
+    model = VAE(VAEConfig(input_dim=image_shape, latent_dim=config.model.latent_dim, reconstruction_loss="bce"),
+                encoder=Encoder(), decoder=Decoder())
+
+    def run(n: int) -> float:
+        timer = EpochTimer()
+        with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # its progress bars and summaries
+            trainer_cfg = BaseTrainerConfig(output_dir=workdir, num_epochs=1, learning_rate=t_cfg.lr,
+                                            per_device_train_batch_size=t_cfg.batch_size,
+                                            no_cuda=device.type != "cuda", seed=t_cfg.seed)
+            TrainingPipeline(model=model, training_config=trainer_cfg)(train_data=x_float[:n], callbacks=[timer])
+        return timer.seconds
+
+    return run
+
+
+def stats_contender(model: nn.Module, x: np.ndarray, device: torch.device) -> Callable[[int], float]:
+    """The statistics pass of ``vaescope stats``: uint8 images streamed from the host in batches."""
+    return lambda n: _timed(device, lambda: latent_statistics(model, x[:n], batch_size=STATS_BATCH_SIZE,
+                                                              device=device))
+
+
+# ---------------------------------------------------------------------------- the benchmark
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    run: Callable[[int], float]  # n examples -> seconds
+
+
+def _rounds(contenders: list[Contender], n: int, repeats: int, warmup_n: int,
+            say: Callable[[str], None]) -> dict[str, float]:
+    """Median seconds of each contender over ``repeats`` interleaved rounds, after one warm-up
+    round on ``warmup_n`` examples (first-call costs: allocator, kernels, thread pools)."""
+    for contender in contenders:
+        contender.run(warmup_n)
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(repeats):
+        shift = r % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            times[contender.name].append(contender.run(n))
+        say(f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_benchmark(
+    dataset: Dataset | str = "mnist",
+    repeats: int = 3,
+    n_train: int | None = None,
+    matmul_size: int = 4096,
+    threads: int = 0,
+    use_pythae: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time vaescope's epoch, the reference loop, pythae and the statistics pass side by side.
+
+    ``dataset``: a :class:`Dataset` or a source for :func:`load_dataset`; ``n_train`` keeps only the first training images (a quick
+    run). Returns the JSON contract of ``vaescope bench --json``; times are medians in seconds,
+    and entries that were not measured (pythae absent, or for conv16) are None.
+    """
+    say = log or (lambda _: None)
+    if repeats < 1:
+        raise VaescopeError(f"--repeats is {repeats}; it must be at least 1")
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    x_host = data.x_train if n_train is None else data.x_train[:n_train]
+    configs = {name: resolve(name) for name in TRAINING_PRESETS}
+    batch_size = configs[PYTHAE_PRESET].train.batch_size
+    if n_train is not None and not batch_size <= n_train <= len(data.x_train):
+        raise VaescopeError(f"--n-train is {n_train}; use {batch_size} to {len(data.x_train)} (one batch to all)")
+    n = len(x_host)
+    configure_cpu(threads)
+    device = select_device("auto")
+    image_shape = data.image_shape
+    x_device = images_to_device(x_host, device)
+    x_float = np.asarray(x_host, dtype=np.float32) / (255.0 if x_host.dtype == np.uint8 else 1.0)
+    x_float_tensor = torch.from_numpy(x_float)
+
+    contenders = [Contender("matmul", matmul_contender(matmul_size, device))]
+    models: dict[str, nn.Module] = {}
+    for name, cfg in configs.items():
+        run, models[name] = vaescope_contender(cfg, x_device, image_shape)
+        contenders.append(Contender(f"{name}/vaescope", run))
+        contenders.append(Contender(f"{name}/reference", reference_contender(cfg, x_float_tensor, image_shape, device)))
+    pythae_run = pythae_contender(configs[PYTHAE_PRESET], x_float, image_shape, device) if use_pythae else None
+    if pythae_run is None:
+        say("pythae is not installed: its column is skipped (pip install 'vaescope[bench]' to include it)")
+    else:
+        contenders.append(Contender(f"{PYTHAE_PRESET}/pythae", pythae_run))
+    contenders.append(Contender("stats", stats_contender(models[STATS_PRESET], x_host, device)))
+    say(f"benchmark on {device.type} ({torch.get_num_threads()} threads): {n} training images, "
+        f"batch {batch_size}, {repeats} interleaved rounds")
+    medians = _rounds(contenders, n, repeats, min(n, 10 * batch_size), say)
+
+    peak = 2 * matmul_size**3 / medians["matmul"] / 1e9
+    result: dict[str, Any] = {}
+    for name in TRAINING_PRESETS:
+        ours = medians[f"{name}/vaescope"]
+        reference = medians[f"{name}/reference"]
+        pythae = medians.get(f"{name}/pythae")
+        gflops = training_flops_per_example(models[name], image_shape) * n / ours / 1e9
+        result[name] = {
+            "vaescope_epoch_s": ours,
+            "reference_epoch_s": reference,
+            "pythae_epoch_s": pythae,
+            "speedup_vs_reference": reference / ours,
+            "speedup_vs_pythae": None if pythae is None else pythae / ours,
+            "gflops": gflops,
+            "fraction_of_matmul_peak": gflops / peak,
+        }
+    stats_gflops = encoder_flops_per_example(models[STATS_PRESET], image_shape) * n / medians["stats"] / 1e9
+    result["stats"] = {"seconds": medians["stats"], "gflops": stats_gflops,
+                       "fraction_of_matmul_peak": stats_gflops / peak}
+    result["matmul_peak_gflops"] = peak
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The benchmark as a text table."""
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} s"
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    peak = result["matmul_peak_gflops"]
+    lines = [f"float32 matrix product: {peak:.1f} GFLOP/s (the yardstick)", "",
+             f"{'':<16}{'vaescope':>10}{'reference':>11}{'pythae':>10}{'vs ref':>8}{'vs pythae':>11}"
+             f"{'GFLOP/s':>9}{'of matmul':>11}"]
+    for name in TRAINING_PRESETS:
+        row = result[name]
+        lines.append(f"{name + ' epoch':<16}{seconds(row['vaescope_epoch_s']):>10}{seconds(row['reference_epoch_s']):>11}"
+                     f"{seconds(row['pythae_epoch_s']):>10}{ratio(row['speedup_vs_reference']):>8}"
+                     f"{ratio(row['speedup_vs_pythae']):>11}{row['gflops']:>9.1f}{row['fraction_of_matmul_peak']:>11.0%}")
+    row = result["stats"]
+    lines.append(f"{'stats pass':<16}{seconds(row['seconds']):>10}{'':>11}{'':>10}{'':>8}{'':>11}"
+                 f"{row['gflops']:>9.1f}{row['fraction_of_matmul_peak']:>11.0%}")
+    return "\n".join(lines)
