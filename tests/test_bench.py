@@ -1,0 +1,150 @@
+"""The benchmark's contract (JSON shape, FLOP counts) and the engine's results against a plain,
+straightforward computation: speed must not change what vaescope computes."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from vaescope import bench
+from vaescope.cli import main
+from vaescope.config import replace
+from vaescope.errors import VaescopeError
+from vaescope.models import build_model
+from vaescope.stats import latent_statistics
+from vaescope.train import make_optimizer, train_epoch
+
+ROW_KEYS = {"vaescope_epoch_s", "reference_epoch_s", "pythae_epoch_s", "speedup_vs_reference",
+            "speedup_vs_pythae", "gflops", "fraction_of_matmul_peak"}
+
+
+def check_shape(result: dict, with_pythae: bool) -> None:
+    assert set(result) == {"dense16", "conv16", "stats", "matmul_peak_gflops"}
+    assert result["matmul_peak_gflops"] > 0
+    for name in ("dense16", "conv16"):
+        row = result[name]
+        assert set(row) == ROW_KEYS
+        for key in ("vaescope_epoch_s", "reference_epoch_s", "gflops", "fraction_of_matmul_peak"):
+            assert isinstance(row[key], float) and row[key] > 0, (name, key)
+        assert row["speedup_vs_reference"] == pytest.approx(row["reference_epoch_s"] / row["vaescope_epoch_s"])
+        assert row["fraction_of_matmul_peak"] == pytest.approx(row["gflops"] / result["matmul_peak_gflops"])
+    assert result["conv16"]["pythae_epoch_s"] is None and result["conv16"]["speedup_vs_pythae"] is None
+    dense = result["dense16"]
+    if with_pythae:
+        assert dense["pythae_epoch_s"] > 0
+        assert dense["speedup_vs_pythae"] == pytest.approx(dense["pythae_epoch_s"] / dense["vaescope_epoch_s"])
+    else:
+        assert dense["pythae_epoch_s"] is None and dense["speedup_vs_pythae"] is None
+    assert set(result["stats"]) == {"seconds", "gflops", "fraction_of_matmul_peak"}
+    assert result["stats"]["seconds"] > 0 and result["stats"]["gflops"] > 0
+    json.dumps(result, allow_nan=False)
+
+
+def test_smoke_run_gives_the_json_contract(tiny_dataset):
+    lines = []
+    result = bench.run_benchmark(tiny_dataset, repeats=2, n_train=256, matmul_size=128, threads=1,
+                                 use_pythae=False, log=lines.append)
+    check_shape(result, with_pythae=False)
+    assert any("pythae is not installed" in line for line in lines)
+    assert sum(line.startswith("round ") for line in lines) == 2
+    table = bench.format_report(result)
+    assert "dense16 epoch" in table and "stats pass" in table
+
+
+@pytest.mark.slow
+def test_cli_with_pythae(tiny_npz):
+    pytest.importorskip("pythae")
+    outcome = CliRunner().invoke(main, ["bench", "--json", "--repeats", "1", "--n-train", "128",
+                                        "--data", str(tiny_npz)])
+    assert outcome.exit_code == 0, outcome.output
+    check_shape(json.loads(outcome.stdout), with_pythae=True)
+
+
+def test_bad_settings_are_refused(tiny_dataset):
+    with pytest.raises(VaescopeError, match="--repeats is 0"):
+        bench.run_benchmark(tiny_dataset, repeats=0)
+    with pytest.raises(VaescopeError, match="--n-train is 10; use 128 to 512"):
+        bench.run_benchmark(tiny_dataset, n_train=10)
+
+
+def test_flop_counts_match_the_layer_arithmetic():
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 32))
+    x = torch.zeros(5, 1, 28, 28)
+    assert bench.forward_flops(dense, lambda: dense(x)) == 5 * 2 * (784 * 256 + 256 * 32)
+    conv = nn.Conv2d(1, 16, 4, stride=2, padding=1)  # 28x28 -> 14x14
+    assert bench.forward_flops(conv, lambda: conv(x)) == 5 * 2 * (14 * 14 * 16 * 1 * 16)
+    up = nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1)  # 7x7 -> 14x14
+    assert bench.forward_flops(up, lambda: up(torch.zeros(1, 32, 7, 7))) == 2 * (7 * 7 * 32 * 16 * 16)
+
+
+def test_seed_dense_vae_costs_what_its_widths_say(tiny_config):
+    from vaescope.config import resolve
+
+    model = build_model(resolve("dense16").model, (1, 28, 28))
+    macs = (784 * 256 + 256 * 64 + 64 * 32 + 32 * 32) + (16 * 32 + 32 * 64 + 64 * 256 + 256 * 784)
+    assert bench.training_flops_per_example(model, (1, 28, 28)) == 3 * 2 * macs
+    assert bench.encoder_flops_per_example(model, (1, 28, 28)) == 2 * (784 * 256 + 256 * 64 + 64 * 32 + 32 * 32)
+    assert 3 * 2 * macs * 60000 == pytest.approx(1.6e11, rel=0.02)  # the issue's figure for one epoch
+
+
+# ---------------------------------------------------------------------------- same results
+
+def plain_training(model, x_uint8, epochs, batch_size, lr, shuffle, noise):
+    """The textbook loop, written out: float images, reparameterised z, BCE + closed-form KL,
+    unfused Adam. Same generators as the engine, so the same batches and the same noise."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=False, fused=False)
+    for _ in range(epochs):
+        order = torch.randperm(len(x_uint8), generator=shuffle)
+        for start in range(0, len(x_uint8), batch_size):
+            x = x_uint8[order[start : start + batch_size]].to(torch.float32) / 255
+            mu, logvar = model.encode(x)
+            eps = torch.randn(mu.shape, generator=noise)
+            logits = model.decode(mu + torch.exp(0.5 * logvar) * eps).flatten(1)
+            target = x.flatten(1)
+            bce = (torch.clamp(logits, min=0) - logits * target + torch.log1p(torch.exp(-logits.abs()))).sum(1)
+            kl = 0.5 * (mu**2 + logvar.exp() - logvar - 1).sum(1)
+            optimizer.zero_grad()
+            (bce.mean() + kl.mean()).backward()
+            optimizer.step()
+
+
+def plain_statistics(model, x_uint8):
+    """Per-variable statistics from all encodings at once, in float64 NumPy."""
+    with torch.no_grad():
+        mu, logvar = (t.double().numpy() for t in model.encode(torch.from_numpy(x_uint8).float() / 255))
+    return {"mu_mean": mu.mean(0), "mu_variance": mu.var(0), "sigma2_mean": np.exp(logvar).mean(0),
+            "log_sigma2_mean": logvar.mean(0), "kl_mean": (0.5 * (mu**2 + np.exp(logvar) - logvar - 1)).mean(0)}
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_engine_gives_the_same_statistics_as_a_plain_computation(tiny_config, tiny_dataset, kind):
+    config = replace(tiny_config, **{"model.kind": kind})
+    t_cfg = config.train
+    x = torch.from_numpy(tiny_dataset.x_train)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(t_cfg.seed)
+        models.append(build_model(config.model, tiny_dataset.image_shape))
+    engine, plain = models
+    shuffle, noise = torch.Generator().manual_seed(t_cfg.seed), torch.Generator().manual_seed(t_cfg.seed + 1)
+    optimizer = make_optimizer(engine, t_cfg.lr, torch.device("cpu"))
+    step = 0
+    for _ in range(t_cfg.epochs):
+        step, _ = train_epoch(engine, optimizer, x, config.loss, t_cfg.batch_size, shuffle, noise, step)
+    plain_training(plain, x, t_cfg.epochs, t_cfg.batch_size, t_cfg.lr,
+                   torch.Generator().manual_seed(t_cfg.seed), torch.Generator().manual_seed(t_cfg.seed + 1))
+    assert step == t_cfg.epochs * math.ceil(len(x) / t_cfg.batch_size)
+
+    ours = latent_statistics(engine, tiny_dataset.x_test, batch_size=50)  # batches that do not divide N
+    expected = plain_statistics(plain, tiny_dataset.x_test)
+    for key, value in expected.items():
+        # float32 training: fused and textbook Adam round differently, nothing more
+        np.testing.assert_allclose(getattr(ours, key), value, rtol=1e-4, atol=1e-6, err_msg=key)
+    # and the streaming pass equals the all-at-once computation on the very same model
+    same = plain_statistics(engine, tiny_dataset.x_test)
+    for key, value in same.items():
+        np.testing.assert_allclose(getattr(ours, key), value, rtol=1e-6, atol=1e-9, err_msg=key)
