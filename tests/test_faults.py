@@ -281,3 +281,202 @@ def test_read_only_places_give_one_clear_line(tmp_path, reference_run, tiny_data
         assert "Read-only file system" in error and "make the directory writable or choose another" in error, error
     monkeypatch.undo()
     assert snapshot(shelf) == before
+
+
+# ---------------------------------------------------------------------------- two writers
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, tiny_npz):
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    first = start_child("step:5", marker, train_args(tiny_npz, run))
+    try:
+        wait_for(marker, first)  # the first writer holds the lock, mid-epoch
+        before = snapshot(run)
+        for args in (["train", "--out", str(run), "--resume", "--quiet"], train_args(tiny_npz, run)):
+            result = CliRunner().invoke(cli, args)
+            error = one_error_line(result.output)
+            assert result.exit_code == 2
+            assert f"run directory {run} is in use by process {first.pid}; wait for it to finish" in error, error
+        assert snapshot(run) == before  # the refused writer touched nothing
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_lock_left_by_a_dead_process_is_stale(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / ".lock").write_text(str(gone.pid))
+    with directory_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_pid_alone_does_not_hold_the_lock(tmp_path):
+    """A lock file naming a live process that does not hold the lock (a reused PID, or a copied
+    run directory) is not mistaken for a live writer: the kernel's flock decides, the PID is
+    only for the message."""
+    (tmp_path / ".lock").write_text(str(os.getppid()))  # alive, but not holding anything
+    with directory_lock(tmp_path):
+        with pytest.raises(VaescopeError, match=f"in use by process {os.getpid()}"):
+            with directory_lock(tmp_path):  # and the lock does not trust its own PID either
+                pass
+
+
+def test_many_threads_never_hold_the_lock_together(tmp_path, monkeypatch):
+    """Open-then-flock races with unlink-on-release (a late opener locks the dead inode); the
+    inode check keeps the lock exclusive. A slowed flock widens the window so that, without the
+    check, this test sees overlaps in most runs."""
+    import fcntl
+    import threading
+
+    from vaescope import storage
+
+    class SlowFlock:
+        LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+        @staticmethod
+        def flock(fd: int, operation: int) -> None:
+            time.sleep(0.0005)
+            fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(storage, "fcntl", SlowFlock)
+    holders, overlaps, wins = [], [], []
+
+    def worker() -> None:
+        for _ in range(100):
+            with contextlib.suppress(VaescopeError):
+                with directory_lock(tmp_path):
+                    holders.append(1)
+                    time.sleep(0.0002)
+                    overlaps.extend([1] if len(holders) > 1 else [])
+                    wins.append(1)
+                    holders.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not overlaps and len(wins) >= 20
+    assert not (tmp_path / ".lock").exists()
+
+
+# ---------------------------------------------------------------------------- numerical faults
+
+@pytest.mark.parametrize("bad_step, epoch, kept", [(12, 2, "the last good checkpoint (epoch 1) is kept"),
+                                                    (8, 1, "no checkpoint had been written yet")])
+def test_an_infinite_gradient_of_a_finite_loss_stops_the_run(tmp_path, tiny_config, tiny_dataset, monkeypatch,
+                                                            reference_run, bad_step, epoch, kept):
+    """An inf in one gradient, loss finite: Adam would turn the weights into NaN (inf/inf) and the
+    epoch's checkpoint would keep them. Step 8 is the last step of epoch 1, right before its
+    checkpoint."""
+    real_build = train_mod.build_model
+    steps = {"n": 0}
+
+    def build_with_poisoned_gradient(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+
+        def hook(grad):
+            steps["n"] += 1
+            return grad * float("inf") if steps["n"] == bad_step else grad
+
+        next(model.parameters()).register_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build_with_poisoned_gradient)
+    run = tmp_path / "run"
+    with pytest.raises(VaescopeError) as caught:
+        train(tiny_config, run, dataset=tiny_dataset, **QUIET)
+    assert str(caught.value).startswith(
+        f"a gradient became NaN or infinite (the loss was finite) at epoch {epoch}, step {bad_step}; {kept}")
+    assert not (run / "model.safetensors").exists() and not (run / ".lock").exists()
+    if epoch == 1:
+        assert not (run / "checkpoints").exists()
+        return
+    checkpoint = load_checkpoint(run)
+    assert checkpoint.meta["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in checkpoint.model_state.values())
+    monkeypatch.undo()  # the cause fixed, the run continues from the kept checkpoint
+    train(tiny_config, run, resume=True, dataset=tiny_dataset, **QUIET)
+    for name in COMPARED:
+        assert (run / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def test_a_real_divergence_stops_at_its_step(tmp_path, tiny_config, tiny_dataset):
+    """No patching: lr = 1 overflows exp(logvar) after one update."""
+    config = config_mod.replace(tiny_config, **{"train.lr": 1.0})
+    with pytest.raises(VaescopeError, match=r"^the loss became NaN or infinite at epoch 1, step 2; no checkpoint "
+                                            r"had been written yet; lower train.lr"):
+        train(config, tmp_path / "run", dataset=tiny_dataset, **QUIET)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_in_a_dataset_object_are_refused_before_training(tmp_path, tiny_config, bad):
+    """The file readers refuse NaN (tests/test_data.py); arrays handed to train() get the same check."""
+    x = np.full((16, 1, 8, 8), 0.5, dtype=np.float32)
+    x[3, 0, 2, 2] = bad
+    dataset = Dataset("arrays", x, None, np.full((4, 1, 8, 8), 0.5, dtype=np.float32), None)
+    with pytest.raises(VaescopeError, match=r"dataset 'arrays': x_train contains NaN or infinite values; clean the data"):
+        train(tiny_config, tmp_path / "run", dataset=dataset, **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- real filesystems
+
+@contextlib.contextmanager
+def mounted(target: Path, *options: str):
+    """``mount OPTIONS TARGET`` for the test's life; skipped where mounting is not allowed."""
+    target.mkdir(parents=True, exist_ok=True)
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a filesystem")
+    done = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def test_a_really_full_filesystem(tmp_path, tiny_config, tiny_dataset, monkeypatch, reference_run):
+    """A 1 MiB tmpfs, filled right after the first checkpoint: the real ENOSPC, wherever it hits."""
+    with mounted(tmp_path / "small", "-t", "tmpfs", "-o", "size=1m", "tmpfs") as disk:
+        run, filler = disk / "run", disk / "filler"
+        real_save = train_mod.save_checkpoint
+
+        def save_then_fill(*args, **kwargs):
+            path = real_save(*args, **kwargs)
+            if not filler.exists():
+                free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+                filler.write_bytes(b"\0" * max(0, free - 4096))
+            return path
+
+        monkeypatch.setattr(train_mod, "save_checkpoint", save_then_fill)
+        with pytest.raises(VaescopeError, match=r"^cannot write .*: No space left on device; free some disk space"):
+            train(tiny_config, run, dataset=tiny_dataset, **QUIET)
+        assert load_checkpoint(run).meta["epoch"] == 1
+        assert_every_file_whole(run)
+        assert not list(run.rglob(".*")), "a temporary or the lock was left behind"
+        filler.unlink()
+        monkeypatch.undo()
+        train(tiny_config, run, resume=True, dataset=tiny_dataset, **QUIET)
+        for name in COMPARED:
+            assert (run / name).read_bytes() == (reference_run / name).read_bytes(), name
+
+
+def test_a_really_read_only_filesystem(tmp_path, reference_run, tiny_dataset, monkeypatch):
+    monkeypatch.setattr(train_mod, "load_dataset", lambda source: tiny_dataset)
+    monkeypatch.setattr(analysis, "load_dataset", lambda source: tiny_dataset)
+    shelf = tmp_path / "shelf"
+    shutil.copytree(reference_run, shelf / "run")
+    before = snapshot(shelf)
+    with mounted(shelf, "--bind", str(shelf)):
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(shelf)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        for args in (["train", "--out", str(shelf / "run"), "--resume", "--quiet"], ["stats", str(shelf / "run")],
+                     ["train", "--preset", "dense16", "--out", str(shelf / "new"), "--quiet"]):
+            result = CliRunner().invoke(cli, args)
+            error = one_error_line(result.output)
+            assert result.exit_code == 2 and "Read-only file system" in error and "make the directory writable" in error
+    assert snapshot(shelf) == before
