@@ -20,7 +20,7 @@ from vaescope.reproduce import Context, Step, default_steps, make_settings, repr
 from conftest import TINY_OVERRIDES
 
 SECTION_IDS = ["summary", "variance-trace", "table1", "generation", "reconstruction-gain", "variance-law",
-               "no-kl", "run-to-run"]
+               "no-kl", "run-to-run", "noise-collapse", "kl-ablation", "trajectories"]
 TINY_EPOCHS = {"dense16": 2, "dense16_no_kl": 2, "conv16": 1}
 
 
@@ -69,9 +69,11 @@ def test_report_has_every_section_and_embeds_every_figure(tiny_reproduction) -> 
     ids = re.findall(r'<section id="([^"]+)"', page)
     assert ids == SECTION_IDS
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert len(pngs) == 8
+    assert len(pngs) >= 12  # 8 static; noise collapse, KL ablation (2), trajectories (2) when not skipped
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == len(pngs) and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == len(pngs) + 1  # and the trajectories animation
+    assert sum(s.startswith("data:image/png;base64,") for s in sources) == len(pngs)
+    assert sum(s.startswith("data:image/gif;base64,") for s in sources) == 1
     markdown = (out / "report.md").read_text()
     for name in pngs:
         assert f"(figures/{name})" in markdown
@@ -80,7 +82,7 @@ def test_report_has_every_section_and_embeds_every_figure(tiny_reproduction) -> 
 def test_progress_names_steps_models_and_epochs(tiny_reproduction) -> None:
     _, _, lines, _ = tiny_reproduction
     text = "\n".join(lines)
-    assert "[1/8] train or reuse" in text and "[8/8] run-to-run" in text
+    assert "[1/11] train or reuse" in text and "[8/11] run-to-run" in text
     assert "training conv16 seed 1 (1 epochs)" in text
     assert re.search(r"^epoch 2/2 ", text, re.M)
 

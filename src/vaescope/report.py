@@ -46,7 +46,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Image:
-    """A PNG at ``path`` relative to the report's folder."""
+    """A PNG (or a GIF animation) at ``path`` relative to the report's folder."""
 
     path: str
     caption: str = ""
@@ -157,7 +157,8 @@ def _block_html(block: Block, base_dir: Path) -> str:
         data = _image_data(base_dir / block.path)
         caption = f"<figcaption>{_inline_html(block.caption)}</figcaption>" if block.caption else ""
         alt = html.escape(block.caption or Path(block.path).stem)
-        return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">{caption}</figure>'
+        mime = "image/gif" if block.path.lower().endswith(".gif") else "image/png"  # animations are GIFs
+        return f'<figure><img alt="{alt}" src="data:{mime};base64,{data}">{caption}</figure>'
     if isinstance(block, Table):
         head = "".join(f"<th>{_inline_html(c)}</th>" for c in block.columns)
         rows = []

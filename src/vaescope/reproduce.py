@@ -52,7 +52,7 @@ from .train import Trace, read_metrics, read_trace
 from .train import train as train_run
 
 # Modules whose ``steps(settings)`` make up the command, in order.
-STEP_MODULES: tuple[str, ...] = ("vaescope.reproduce_sparsity",)
+STEP_MODULES: tuple[str, ...] = ("vaescope.reproduce_sparsity", "vaescope.reproduce_dynamics")
 
 # Epochs per preset. Quick: within ~5 minutes on 2 CPU cores for the static part, and long
 # enough that dense16 is clearly sparse (9/16 inactive after 10 epochs with seed 0).
@@ -236,7 +236,7 @@ def reproduce(settings: Settings, out: str | Path, steps: list[Step] | None = No
     ctx.results["timing"] = {"step_seconds": step_seconds, "total_seconds": round(total, 1),
                              "machine": _machine()}
     atomic_write_json(out / "results.json", ctx.results)
-    html_path, _ = write_report(out, "vaescope: reproducing the seed's sparsity and variance-law results",
+    html_path, _ = write_report(out, "vaescope: reproducing the seed's results on sparsity, the variance law and the KL term",
                                 ctx.sections, _intro(ctx, total))
     say(f"wrote {html_path}, {out / 'report.md'} and {out / 'results.json'} in {total:.0f} s")
     return ctx.results

@@ -6,7 +6,6 @@ animation, a FuncAnimation); nothing here computes a metric beyond what is drawn
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from matplotlib.patches import Circle
 from ..experiments.kl_ablation import AblationArm
 from ..experiments.noise_collapse import NoiseCollapseResult
 from ..experiments.trajectories import TrajectoryResult
+from ..storage import atomic_write_bytes
 from .common import new_figure
 
 CLASS_COLOURS = [f"C{i}" for i in range(10)]
@@ -84,24 +84,28 @@ def kl_ablation_codes_figure(arms: dict[str, AblationArm]) -> Figure:
     """One row per arm: the codes in 3-D and their three 2-D projections, coloured by class,
     on common axes; the dashed circle is radius 2 of the prior N(0, I)."""
     limit = _shared_limit(arms)
-    fig = new_figure(14, 3.6 * len(arms))
+    fig = new_figure(15, 3.8 * len(arms))
+    grid = fig.add_gridspec(len(arms), 4, width_ratios=[1.35, 1, 1, 1])
     pairs = [(0, 1), (0, 2), (1, 2)]
     for row, (name, arm) in enumerate(arms.items()):
         colours = [_class_colour(c) for c in arm.labels]
-        ax3 = fig.add_subplot(len(arms), 4, 4 * row + 1, projection="3d")
+        ax3 = fig.add_subplot(grid[row, 0], projection="3d")
         ax3.scatter(*arm.codes.T, c=colours, s=1, alpha=0.6, depthshade=False)
         ax3.set(xlim=(-limit, limit), ylim=(-limit, limit), zlim=(-limit, limit),
                 xlabel="z1", ylabel="z2", zlabel="z3")
-        ax3.set_title(f"{name}\nnearest-code distance {arm.nearest_code_distance:.3f}, "
-                      f"Gaussian-fit KL {arm.fitted_kl:.2f}", fontsize=9)
-        for col, (i, j) in enumerate(pairs, start=2):
-            ax = fig.add_subplot(len(arms), 4, 4 * row + col)
+        ax3.set_title(name, fontsize=11, weight="bold")
+        for col, (i, j) in enumerate(pairs, start=1):
+            ax = fig.add_subplot(grid[row, col])
             ax.scatter(arm.codes[:, i], arm.codes[:, j], c=colours, s=1, alpha=0.5, rasterized=True)
             ax.add_patch(Circle((0, 0), 2.0, fill=False, ls="--", color="0.3", lw=0.8))
             ax.set(xlim=(-limit, limit), ylim=(-limit, limit), xlabel=f"z{i + 1}", ylabel=f"z{j + 1}",
                    aspect="equal")
-    handles = [Circle((0, 0), 1, color=c) for c in CLASS_COLOURS]
-    fig.legend(handles, [str(i) for i in range(10)], loc="outside right center", title="class", fontsize=8)
+            if col == 2:
+                ax.set_title(f"{name}: prior sample -> nearest code {arm.nearest_code_distance:.3f}; "
+                             f"KL(Gaussian fit || N(0, I)) {arm.fitted_kl:.2f}", fontsize=9)
+    classes = sorted({int(c) for arm in arms.values() for c in arm.labels})
+    handles = [Circle((0, 0), 1, color=_class_colour(c)) for c in classes]
+    fig.legend(handles, [str(c) for c in classes], loc="outside right center", title="class", fontsize=8)
     return fig
 
 
@@ -203,16 +207,12 @@ def trajectories_animation(result: TrajectoryResult, trail: int = 12) -> FuncAni
 
 
 def save_animation(animation: FuncAnimation, path: str | Path, fps: int = 10) -> Path:
-    """Write ``animation`` as a GIF (Pillow) to ``path``, atomically: a temporary file, then a rename."""
+    """Write ``animation`` as a GIF (Pillow) to ``path``, atomically (rendered in a scratch folder)."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".gif", dir=path.parent)
-    os.close(handle)
-    try:
-        animation.save(temporary, writer=PillowWriter(fps=fps))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with tempfile.TemporaryDirectory() as scratch:
+        rendered = Path(scratch) / "animation.gif"
+        animation.save(rendered, writer=PillowWriter(fps=fps))
+        atomic_write_bytes(path, rendered.read_bytes())
     return path
 
 
