@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_OVERRIDES
 from matplotlib.figure import Figure
 from PIL import Image
 
 from vaescope import config as config_mod
+from vaescope import reproduce_dynamics
 from vaescope.config import LossConfig, StatsConfig
 from vaescope.data import Dataset
 from vaescope.errors import VaescopeError
@@ -28,6 +32,7 @@ from vaescope.experiments.trajectories import TrajectorySettings, add_final_layo
 from vaescope.figures import dynamics
 from vaescope.models import DenseVAE
 from vaescope.objectives import kl_per_variable
+from vaescope.reproduce import make_settings, reproduce
 from vaescope.stats import latent_statistics
 from vaescope.train import images_to_device, make_optimizer, train_epoch
 
@@ -270,3 +275,36 @@ def test_dynamic_figures_and_animation(tiny_dataset, tiny_trajectories, collapse
     with Image.open(path) as gif:
         assert gif.n_frames == len(tiny_trajectories.steps)
     assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]  # no temporary left behind
+
+
+# ---------------------------------------------------------------------------- inside reproduce
+
+@pytest.mark.slow  # ~25 s: trains four tiny models and draws every figure twice
+def test_reproduce_runs_the_dynamic_steps_and_writes_their_keys(tmp_path, tiny_dataset, tiny_npz):
+    overrides = tuple(o for o in TINY_OVERRIDES if not o.startswith("train.epochs")) + ("train.lr=0.003",)
+    settings = make_settings(quick=True, seeds=1, overrides=overrides, epochs={"dense16": 30, "dense3": 4},
+                             data_source=str(tiny_npz), progress=False)
+    lines: list[str] = []
+    results = reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset,
+                        log=lines.append)
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored == json.loads(json.dumps(results))
+    collapse = stored["noise_collapse"]
+    assert {"variable", "collapsed", "collapse_epoch", "gain_before", "recovered", "gain_after",
+            "recovered_fraction"} <= set(collapse)
+    assert collapse["variable"] is not None and collapse["gain_before"] > 0 and len(collapse["history"]) > 1
+    for arm in ("with_sampling", "without_sampling"):
+        assert stored["kl_ablation"][arm]["nearest_code_distance"] > 0
+        assert stored["kl_ablation"][arm]["gaussian_fit_kl"] > 0
+    assert stored["kl_ablation"]["without_sampling"]["model"] == "dense3_no_sampling-seed0"
+    trajectories_block = stored["trajectories"]
+    assert (tmp_path / trajectories_block["animation"]).is_file()
+    assert trajectories_block["sigma2_mean_start"] > 0 and trajectories_block["sigma2_mean_end"] > 0
+    assert trajectories_block["epochs"] == 10
+    page = (tmp_path / "report.html").read_text()
+    assert re.findall(r'<section id="([^"]+)"', page) == ["noise-collapse", "kl-ablation", "trajectories"]
+    assert "data:image/gif;base64," in page
+    # A second run trains nothing new.
+    again: list[str] = []
+    reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset, log=again.append)
+    assert not any(line.startswith("training ") for line in again)
