@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from vaescope import bench
+from vaescope import train as train_mod
 from vaescope.cli import main
 from vaescope.config import replace
 from vaescope.errors import VaescopeError
@@ -20,6 +21,15 @@ from vaescope.train import make_optimizer, train_epoch
 
 ROW_KEYS = {"vaescope_epoch_s", "reference_epoch_s", "pythae_epoch_s", "speedup_vs_reference",
             "speedup_vs_pythae", "gflops", "fraction_of_matmul_peak"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and a busy machine cannot stall a second one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def check_shape(result: dict, with_pythae: bool) -> None:
@@ -148,3 +158,54 @@ def test_engine_gives_the_same_statistics_as_a_plain_computation(tiny_config, ti
     same = plain_statistics(engine, tiny_dataset.x_test)
     for key, value in same.items():
         np.testing.assert_allclose(getattr(ours, key), value, rtol=1e-6, atol=1e-9, err_msg=key)
+
+
+# ---------------------------------------------------------------------------- the accelerator path
+
+def poisoned_epoch(config, dataset, interval, monkeypatch, poison):
+    """One epoch with the fault check every ``interval`` steps; ``poison`` (loss or gradient) hits
+    step 6. Returns the model, the optimizer and the NonFiniteLoss raised (or None)."""
+    monkeypatch.setattr(train_mod, "_check_interval", lambda device, optimizer: interval)
+    torch.manual_seed(0)
+    model = build_model(config.model, dataset.image_shape)
+    optimizer = make_optimizer(model, 1e-3, torch.device("cpu"))
+    calls = {"loss": 0, "grad": 0}
+    real = train_mod.loss_terms
+
+    def loss_terms(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls["loss"] += 1
+        if poison == "loss" and calls["loss"] == 6:
+            terms.total = terms.total * float("nan")
+        return terms
+
+    def hook(grad):
+        calls["grad"] += 1
+        return grad * float("inf") if poison == "gradient" and calls["grad"] == 6 else grad
+
+    monkeypatch.setattr(train_mod, "loss_terms", loss_terms)
+    next(model.parameters()).register_hook(hook)
+    try:
+        train_epoch(model, optimizer, torch.from_numpy(dataset.x_train), config.loss, 32,
+                    torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    except train_mod.NonFiniteLoss as fault:
+        return model, optimizer, fault
+    return model, optimizer, None
+
+
+@pytest.mark.parametrize("poison", ["loss", "gradient", None])
+def test_device_side_fault_flag_matches_the_per_step_check(tiny_config, tiny_dataset, monkeypatch, poison):
+    """On an accelerator the host looks at the fault flag only every few steps and fused Adam skips
+    the steps in between on the device; run here on the CPU, that path must report the same step
+    and leave the same weights and Adam state as the per-step check."""
+    every, every_fifth = (poisoned_epoch(tiny_config, tiny_dataset, k, monkeypatch, poison) for k in (1, 5))
+    if poison is None:
+        assert every[2] is None and every_fifth[2] is None
+    else:
+        assert (every[2].step, every[2].gradient) == (6, poison == "gradient")
+        assert (every_fifth[2].step, every_fifth[2].gradient) == (6, poison == "gradient")
+    for a, b in zip(every[0].parameters(), every_fifth[0].parameters()):
+        assert torch.equal(a, b) and torch.isfinite(a).all()
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(every[1].state[a][key], every_fifth[1].state[b][key])
+    assert not hasattr(every_fifth[1], "found_inf")  # the optimizer is left as it was given

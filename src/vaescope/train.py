@@ -2,7 +2,9 @@
 
 The engine keeps the whole dataset in one tensor on the device and batches it by slicing a
 random permutation (no DataLoader, no per-sample Python), uses Adam's fused kernel where the
-build has one, and synchronises with the host once per step only to check the loss is finite.
+build has one, and checks that loss and gradients are finite before each Adam step: on the CPU
+by looking every step (free there), on an accelerator with a flag kept on the device that the
+host reads every ``DEVICE_CHECK_EVERY`` steps, fused Adam skipping the steps in between.
 
 Determinism: the model is initialised from ``train.seed``; data order and the reparameterisation
 noise come from two generators whose states are checkpointed with the weights and Adam's moments,
@@ -175,6 +177,17 @@ def _gradient_norm(model: nn.Module) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(grads)).norm()
 
 
+DEVICE_CHECK_EVERY = 50  # steps between host looks at the non-finite flag on an accelerator
+
+
+def _check_interval(device: torch.device, optimizer: torch.optim.Optimizer) -> int:
+    """Steps between host looks at the finiteness of loss and gradients. On the CPU a look costs
+    nothing: every step. On an accelerator each look stalls the queue, so where fused Adam can
+    skip steps on the device (its ``found_inf``) the host looks only every few steps."""
+    fused = isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
+    return 1 if device.type == "cpu" or not fused else DEVICE_CHECK_EVERY
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -195,25 +208,48 @@ def train_epoch(
     """
     model.train()
     n = len(x_train)
-    order = torch.randperm(n, generator=shuffle).to(x_train.device)
-    totals = torch.zeros(3, dtype=torch.float64, device=x_train.device)
-    for start in range(0, n, batch_size):
-        batch = as_float(x_train[order[start : start + batch_size]])
-        terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook)
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        # One host sync per step, before Adam: an inf gradient of a finite loss would otherwise
-        # turn the weights into NaN (Adam's inf/inf) and reach the next checkpoint.
-        if not torch.isfinite(terms.total.detach() + _gradient_norm(model)):
-            raise NonFiniteLoss(step + 1, gradient=bool(torch.isfinite(terms.total)))
-        optimizer.step()
-        step += 1
-        with torch.no_grad():
-            part = torch.stack([terms.total.detach(), terms.reconstruction.detach().mean(),
-                                terms.regularizer.detach().sum(1).mean()]).double()
-            totals += part * len(batch)
-        if on_step is not None:
-            on_step(step, {"loss": part[0], "reconstruction": part[1], "kl": part[2]})
+    device = x_train.device
+    order = torch.randperm(n, generator=shuffle).to(device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    check_every = _check_interval(device, optimizer)
+    if check_every > 1:  # device-side: sticky flag, first bad step and whether its loss was finite
+        found_inf = torch.zeros((), device=device)
+        first_bad = torch.zeros(2, dtype=torch.int64, device=device)
+        device_step = torch.tensor(step, device=device)  # counted on the device: no host copy per step
+        optimizer.found_inf = found_inf  # type: ignore[attr-defined]  # fused Adam skips while 1
+    try:
+        for start in range(0, n, batch_size):
+            # index_select gathers rows ~10x faster than x[order[...]] (advanced indexing)
+            batch = as_float(torch.index_select(x_train, 0, order[start : start + batch_size]))
+            terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            # Before Adam: an inf gradient of a finite loss would otherwise turn the weights into
+            # NaN (Adam's inf/inf) and reach the next checkpoint.
+            finite = torch.isfinite(terms.total.detach() + _gradient_norm(model))
+            if check_every == 1:
+                if not finite:
+                    raise NonFiniteLoss(step + 1, gradient=bool(torch.isfinite(terms.total)))
+            else:
+                device_step += 1
+                fresh = ~finite & (found_inf == 0)
+                here = torch.stack([device_step, torch.isfinite(terms.total).long()])
+                first_bad.copy_(torch.where(fresh, here, first_bad))
+                torch.maximum(found_inf, (~finite).float(), out=found_inf)
+            optimizer.step()
+            step += 1
+            if check_every > 1 and (step % check_every == 0 or start + batch_size >= n) and found_inf.item():
+                bad_step, loss_finite = first_bad.tolist()
+                raise NonFiniteLoss(bad_step, gradient=bool(loss_finite))
+            with torch.no_grad():
+                part = torch.stack([terms.total.detach(), terms.reconstruction.detach().mean(),
+                                    terms.regularizer.detach().sum(1).mean()]).double()
+                totals += part * len(batch)
+            if on_step is not None:
+                on_step(step, {"loss": part[0], "reconstruction": part[1], "kl": part[2]})
+    finally:
+        if check_every > 1:
+            del optimizer.found_inf  # type: ignore[attr-defined]
     means = (totals / n).tolist()
     return step, {"loss": means[0], "reconstruction": means[1], "kl": means[2]}
 
