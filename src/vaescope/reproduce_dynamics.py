@@ -97,7 +97,7 @@ def noise_collapse_step(ctx: Context) -> None:
         "settings": asdict(settings),
         "history": result.history,
     }
-    image = ctx.figure(figs.noise_collapse_figure(result), "noise_collapse",
+    image = ctx.figure(figs.noise_collapse_figure(result, tr.run.config.stats.mu_variance_threshold), "noise_collapse",
                        f"Variable {result.variable} of dense16 against epochs of the experiment. Top: reconstruction "
                        "gain and mean KL (nats per test digit), noise std (dashed, right axis). Bottom: Var(mu) and "
                        "mean sigma^2 over the test set. Shaded: noise raised, held, removed; dotted: collapse.")

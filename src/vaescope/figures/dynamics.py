@@ -38,11 +38,12 @@ def circle_radius(sigma2: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- noise collapse
 
-def noise_collapse_figure(result: NoiseCollapseResult) -> Figure:
-    """Gain, KL, noise (top) and Var(mu), mean sigma^2 (bottom) of the variable against epochs."""
+def noise_collapse_figure(result: NoiseCollapseResult, threshold: float = 0.01) -> Figure:
+    """Gain, KL, noise (top) and Var(mu), mean sigma^2 on a log scale (bottom) of the variable against
+    epochs; row e's noise is the one applied during epoch e, drawn over (e - 1, e]."""
     rows = result.history
     epoch = np.array([r["epoch"] for r in rows])
-    fig = new_figure(8, 6)
+    fig = new_figure(8, 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True)
     for ax in (top, bottom):
         for phase, colour in PHASE_COLOURS.items():
@@ -51,25 +52,27 @@ def noise_collapse_figure(result: NoiseCollapseResult) -> Figure:
                 ax.axvspan(min(at) - 1, max(at), color=colour, alpha=0.6, lw=0,
                            label=PHASE_NAMES[phase] if ax is top else None)
         if result.collapse_epoch is not None:
-            ax.axvline(result.collapse_epoch, color="k", ls=":", lw=1)
+            ax.axvline(result.collapse_epoch, color="k", ls=":", lw=1, label="collapse" if ax is top else None)
     top.plot(epoch, [r["gain"] for r in rows], "o-", ms=3, color="C0", label="reconstruction gain")
     top.plot(epoch, [r["kl"] for r in rows], "s-", ms=3, color="C3", label="KL")
-    top.set_ylabel("nats per digit")
+    top.set_ylabel("nats per test digit")
     top.set_title(f"variable {result.variable}: noise added to its sampled z"
-                  + (f", collapsed at epoch {result.collapse_epoch}" if result.collapsed else ", did not collapse"))
+                  + (f", collapsed at epoch {result.collapse_epoch}" if result.collapsed else ", did not collapse"),
+                  fontsize=10)
     noise_ax = top.twinx()
-    noise_ax.step(epoch, [r["noise_std"] for r in rows], where="post", color="0.4", ls="--", lw=1,
-                  label="noise std")
-    noise_ax.set_ylabel("noise std", color="0.4")
+    noise_ax.step(epoch, [r["noise_std"] for r in rows], where="pre", color="0.35", ls="--", lw=1,
+                  label="noise std (right)")
+    noise_ax.set_ylabel("noise std", color="0.35")
     handles, labels = top.get_legend_handles_labels()
     more, more_labels = noise_ax.get_legend_handles_labels()
-    top.legend(handles + more, labels + more_labels, fontsize=8, loc="upper right", ncols=2)
-    bottom.plot(epoch, [r["mu_variance"] for r in rows], "o-", ms=3, color="C2", label="Var(mu)")
-    bottom.plot(epoch, [r["sigma2_mean"] for r in rows], "s-", ms=3, color="C1", label="mean sigma^2")
+    fig.legend(handles + more, labels + more_labels, loc="outside upper center", ncols=4, fontsize=8)
+    bottom.semilogy(epoch, [r["mu_variance"] for r in rows], "o-", ms=3, color="C2", label="Var(mu)")
+    bottom.semilogy(epoch, [r["sigma2_mean"] for r in rows], "s-", ms=3, color="C1", label="mean sigma^2")
     bottom.axhline(1.0, color="0.6", lw=0.8)
+    bottom.axhline(threshold, color="C2", ls=":", lw=0.8, label=f"activity threshold {threshold:g}")
     bottom.set_xlabel("epoch (0 = the trained model before any noise)")
-    bottom.set_ylabel("variance")
-    bottom.legend(fontsize=8, loc="center right")
+    bottom.set_ylabel("variance (log scale)")
+    bottom.legend(fontsize=8, loc="lower left")
     return fig
 
 
@@ -135,7 +138,7 @@ def kl_ablation_generations_figure(arms: dict[str, AblationArm]) -> Figure:
             ax.set_title(f"z3 = {arm.slice_levels[s]:+.2f}", fontsize=9)
         axes[row, 0].set_ylabel(name, fontsize=10)
     levels = ", ".join(f"{v:+.2f}" for v in first.grid_levels)
-    fig.suptitle(f"generated from 5 slices of the latent space; z1, z2 in {{{levels}}}", fontsize=10)
+    fig.suptitle(f"generated from {n} slices of the latent space; z1, z2 in {{{levels}}}", fontsize=10)
     return fig
 
 
