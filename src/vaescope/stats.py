@@ -100,27 +100,28 @@ class LatentStatistics:
 
 
 class _Moments:
-    """Streaming mean and variance (Chan et al.'s pairwise merge), float64 accumulators."""
+    """Streaming mean and variance (Chan et al.'s pairwise merge) in float64, kept on the device
+    of the batches so that an accelerator never waits on the host between batches."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device: torch.device) -> None:
         self.n = 0
-        self.mean = np.zeros(dim)
-        self.m2 = np.zeros(dim)
+        self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(dim, dtype=torch.float64, device=device)
 
-    def update(self, batch: np.ndarray) -> None:  # batch (B, D) float64
+    def update(self, batch: torch.Tensor) -> None:  # batch (B, D) float64
         b = len(batch)
         if b == 0:
             return
         batch_mean = batch.mean(0)
-        batch_m2 = ((batch - batch_mean) ** 2).sum(0)
+        batch_m2 = (batch - batch_mean).square().sum(0)
         delta = batch_mean - self.mean
         total = self.n + b
         self.mean = self.mean + delta * (b / total)
-        self.m2 = self.m2 + batch_m2 + delta**2 * (self.n * b / total)
+        self.m2 = self.m2 + batch_m2 + delta.square() * (self.n * b / total)
         self.n = total
 
     @property
-    def variance(self) -> np.ndarray:
+    def variance(self) -> torch.Tensor:
         return self.m2 / max(self.n, 1)  # population variance, as Var_X
 
 
@@ -156,7 +157,7 @@ def latent_statistics(
         first = next(iter(params()), None) if callable(params) else None
         device = first.device if first is not None else torch.device("cpu")
     mu_moments: _Moments | None = None
-    sums: dict[str, np.ndarray] = {}
+    sums: dict[str, torch.Tensor] = {}
     for batch in _batches(data, batch_size):
         x = _as_float(batch.to(device, non_blocking=True))
         mu, logvar = model.encode(x)
@@ -167,20 +168,21 @@ def latent_statistics(
             "kl": kl_per_variable(mu64, logvar64).sum(0),
         }
         if mu_moments is None:
-            mu_moments = _Moments(mu.shape[1])
-            sums = {k: np.zeros(mu.shape[1]) for k in parts}
-        mu_moments.update(mu64.cpu().numpy())
+            mu_moments = _Moments(mu.shape[1], mu.device)
+            sums = {k: torch.zeros_like(v) for k, v in parts.items()}
+        mu_moments.update(mu64)
         for key, value in parts.items():
-            sums[key] += value.cpu().numpy()
+            sums[key] += value
     if mu_moments is None or mu_moments.n == 0:
         raise ValueError("latent_statistics needs at least one data point")
     n = mu_moments.n
+    host = {k: v.cpu().numpy() for k, v in sums.items()}  # the one transfer to the host
     return LatentStatistics(
         n=n,
-        mu_mean=mu_moments.mean,
-        mu_variance=mu_moments.variance,
-        sigma2_mean=sums["sigma2"] / n,
-        log_sigma2_mean=sums["log_sigma2"] / n,
-        kl_mean=sums["kl"] / n,
+        mu_mean=mu_moments.mean.cpu().numpy(),
+        mu_variance=mu_moments.variance.cpu().numpy(),
+        sigma2_mean=host["sigma2"] / n,
+        log_sigma2_mean=host["log_sigma2"] / n,
+        kl_mean=host["kl"] / n,
         thresholds=thresholds or StatsConfig(),
     )
