@@ -209,7 +209,8 @@ def test_generation_check_ignored_variables_change_nothing() -> None:
     assert check.inactive.tolist() == [2, 3] and check.control.tolist() == [0, 1]
     assert check.inactive_zeroed_mean_abs_diff == 0.0
     assert check.active_zeroed_mean_abs_diff > 0.05
-    assert check.active_zeroed_random_mean_abs_diff == pytest.approx(check.active_zeroed_mean_abs_diff)
+    assert check.active_zeroed_random_mean_abs_diff is None  # both active ones are the control: no choice
+    assert check.single_active_zeroed_mean_abs_diff > 0
     assert check.to_dict()["n_samples"] == 200
 
 
@@ -217,6 +218,19 @@ def test_generation_check_without_inactive_variables() -> None:
     check = generation_check(_linear_model(ignored=()), np.ones(4, bool), np.ones(4), n_samples=10)
     assert check.inactive_zeroed_mean_abs_diff == check.active_zeroed_mean_abs_diff == 0.0
     assert check.random_draws == 0
+
+
+def test_generation_check_control_is_clamped_and_random_draws_when_there_is_a_choice() -> None:
+    model = _linear_model(ignored=(3,), dim=5)
+    active = np.array([True, True, True, False, True])
+    kl = np.array([4.0, 1.0, 3.0, 0.0, 2.0])
+    check = generation_check(model, active, kl, n_samples=100, random_draws=7)
+    assert check.control.tolist() == [1] and check.random_draws == 7
+    assert check.single_active_zeroed_mean_abs_diff == check.active_zeroed_mean_abs_diff
+    assert check.active_zeroed_random_mean_abs_diff is not None and check.active_zeroed_random_mean_abs_diff > 0
+    many = generation_check(_linear_model(ignored=(1, 2, 3), dim=4), np.array([True, False, False, False]),
+                            np.ones(4), n_samples=50)
+    assert many.control.tolist() == [0] and many.random_draws == 0
 
 
 def test_generation_rows() -> None:

@@ -118,7 +118,8 @@ def test_sparsity_figures_draw_their_data() -> None:
     figs.generation_figure(images, images, 2)
     figs.reconstruction_gain_figure({"dense16": (np.arange(5.0), law.active)})
     figs.log_variance_figure({"dense16": law})
-    figs.sorted_variance_figure({"a": law.mu_variance}, 0.01)
+    fig = figs.no_kl_figure({"a": law.mu_variance}, {"a": np.array([3.0, -1e-4, 2.0, 0.0, 1.0])}, 0.01)
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [3.0, 2.0, 1.0, 1e-5, 1e-5])
     fig = figs.run_to_run_figure({"dense16": count_spread([0, 1], [8, 9]), "x": count_spread([0, 1], [0, 0])},
                                  {"dense16": 8}, 16)
     assert png_bytes(fig).startswith(PNG_MAGIC)

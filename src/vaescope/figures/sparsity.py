@@ -43,7 +43,7 @@ def variance_trace_figure(trace: VarianceTrace, title: str = "") -> Figure:
 def generation_figure(full: np.ndarray, zeroed: np.ndarray, inactive_count: int) -> Figure:
     """Two rows of ``(N, C, H, W)`` images: all variables sampled, then inactive ones zeroed."""
     n = len(full)
-    fig = new_figure(max(4.0, 0.75 * n), 2.0)
+    fig = new_figure(max(4.0, 0.75 * n), 1.7)
     top, bottom = fig.subplots(2, 1)
     image_row(top, full)
     image_row(bottom, zeroed)
@@ -91,22 +91,28 @@ def variance_law_figure(laws: Mapping[str, VarianceLaw]) -> Figure:
 
 
 def log_variance_figure(laws: Mapping[str, VarianceLaw]) -> Figure:
-    """mean(log sigma^2) against log(mean sigma^2) per variable, with the diagonal they would share."""
+    """mean(log sigma^2) against log(mean sigma^2) per variable, with the diagonal they would share.
+    Marker shape: model; colour: verdict."""
     fig = new_figure(5.0, 4.5)
     ax = fig.subplots()
     markers = ["o", "s", "^", "D"]
     lows, highs = [], []
+    handles = []
     for k, (name, law) in enumerate(laws.items()):
-        ax.scatter(law.log_mean_sigma2, law.mean_log_sigma2, c=verdict_colors(law.active),
-                   marker=markers[k % len(markers)], label=name, edgecolors="black", linewidths=0.4)
+        marker = markers[k % len(markers)]
+        ax.scatter(law.log_mean_sigma2, law.mean_log_sigma2, c=verdict_colors(law.active), marker=marker,
+                   edgecolors="black", linewidths=0.4, alpha=0.85)
+        handles.append(Line2D([], [], ls="", marker=marker, color="white", markeredgecolor="black", label=name))
         lows.append(min(law.log_mean_sigma2.min(), law.mean_log_sigma2.min()))
         highs.append(max(law.log_mean_sigma2.max(), law.mean_log_sigma2.max()))
     span = [min(lows) - 0.3, max(highs) + 0.3]
-    ax.plot(span, span, color=NEUTRAL_COLOR, ls="--", lw=1, label="equal (the seed's approximation)")
+    ax.plot(span, span, color=NEUTRAL_COLOR, ls="--", lw=1)
+    handles += [Patch(color=ACTIVE_COLOR, label="active"), Patch(color=INACTIVE_COLOR, label="inactive"),
+                Line2D([], [], color=NEUTRAL_COLOR, ls="--", label="equal (the seed's approximation)")]
     ax.set_xlabel("log(mean_X sigma_j^2)")
     ax.set_ylabel("mean_X log sigma_j^2")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8)
     return fig
 
 
@@ -129,19 +135,27 @@ def stationary_kl_figure(curves: StationaryCurves) -> Figure:
     return fig
 
 
-def sorted_variance_figure(mu_variances: Mapping[str, np.ndarray], threshold: float) -> Figure:
-    """Var(mu_j) of each model's variables sorted high to low, log scale, with the threshold."""
-    fig = new_figure(6.0, 4.0)
-    ax = fig.subplots()
+def no_kl_figure(mu_variances: Mapping[str, np.ndarray], gains: Mapping[str, np.ndarray],
+                 threshold: float) -> Figure:
+    """Per model, its variables sorted high to low: Var(mu_j) (left, log scale, with the inactivity
+    threshold) and reconstruction gain (right, log scale: the scale-free test of use)."""
+    fig = new_figure(11.0, 4.0)
+    left, right = fig.subplots(1, 2)
     for name, values in mu_variances.items():
         ordered = np.sort(np.asarray(values))[::-1]
-        ax.plot(np.arange(1, len(ordered) + 1), ordered, "o-", label=name)
-    ax.axhline(threshold, color=INACTIVE_COLOR, ls=":", label=f"inactive below {threshold:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("variables, sorted by Var(mu_j)")
-    ax.set_ylabel("Var(mu_j) over the test set")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+        left.plot(np.arange(1, len(ordered) + 1), ordered, "o-", label=name)
+    for name, values in gains.items():
+        # a variable the decoder ignores gains ~0 (even slightly below): drawn at a floor
+        ordered = np.maximum(np.sort(np.asarray(values))[::-1], 1e-5)
+        right.plot(np.arange(1, len(ordered) + 1), ordered, "o-", label=name)
+    left.axhline(threshold, color=INACTIVE_COLOR, ls=":", label=f"inactive below {threshold:g}")
+    left.set_ylabel("Var(mu_j) over the test set")
+    right.set_ylabel("reconstruction gain (nats / image; floor 1e-5)")
+    for ax in (left, right):
+        ax.set_yscale("log")
+        ax.set_xlabel("variables, sorted high to low")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
     return fig
 
 
