@@ -14,7 +14,8 @@ from .errors import VaescopeError
 
 
 class _Group(click.Group):
-    """Turns a :class:`VaescopeError` into one ``Error: ...`` line and exit status 2."""
+    """Turns a :class:`VaescopeError`, and a bad option, into one ``Error: ...`` line and exit
+    status 2 (click's own report of a bad option is three lines with the usage)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -22,6 +23,23 @@ class _Group(click.Group):
         except VaescopeError as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(2)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as err:
+            where = f"; see '{err.ctx.command_path} --help'" if err.ctx is not None else ""
+            click.echo(f"Error: {err.format_message().rstrip('.')}{where}", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +68,10 @@ def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ..
 
     if resume and out is None:
         raise VaescopeError("--resume needs --out: the run directory to continue")
+    if resume and preset is None and config_file is None and not (out / "config.json").is_file():  # type: ignore[operator]
+        raise VaescopeError(
+            f"--resume: {out} holds no run to continue (no config.json); check --out, or start a run with --preset"
+        )
     if resume and (preset or config_file or overrides or data or epochs is not None or seed is not None):
         stored = out / "config.json"  # type: ignore[operator]
         if stored.is_file():
@@ -137,4 +159,4 @@ def bench(as_json: bool, repeats: int, n_train: int | None, data: str) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(main(prog_name="vaescope"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import reprlib
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -129,6 +131,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise VaescopeError(f"cannot read config file {path}: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise VaescopeError(f"config file {path} is not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses once per nesting level
+        raise VaescopeError(f"config file {path} nests arrays or tables too deeply; flatten it") from err
 
 
 # ---------------------------------------------------------------------------- building
@@ -145,6 +149,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise VaescopeError(f"--set {key}: the value nests too deeply; give a number, a string or a flat list") from None
     return key, value
 
 
@@ -198,7 +204,7 @@ def _build(cls: type, tree: Mapping[str, Any], origin: str, prefix: str) -> Any:
 
 def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     def bad(expected: str) -> VaescopeError:
-        return VaescopeError(f"{origin}: {key} must be {expected}, got {value!r}")
+        return VaescopeError(f"{origin}: {key} must be {expected}, got {reprlib.repr(value)}")
 
     if hint is bool:
         if isinstance(value, bool):
@@ -225,6 +231,10 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     raise AssertionError(f"unsupported config type {hint} for {key}")  # a bug, not user input
 
 
+# The default run directory is runs/<name>-seed<S>: a name must not be able to climb out of it.
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
 def validate(config: Config) -> Config:
     """Refuse values no run could use, with one line naming the key and the fix."""
     m, loss, t, s = config.model, config.loss, config.train, config.stats
@@ -233,6 +243,9 @@ def validate(config: Config) -> Config:
         if not ok:
             raise VaescopeError(f"invalid config: {key} {fix}")
 
+    need(_RUN_NAME.fullmatch(config.name) is not None, "name",
+         f"is {reprlib.repr(config.name)}; it names the run directory: use 1 to 100 letters, digits, '.', '-' "
+         "or '_', not starting with '.'")
     need(m.kind in ("dense", "conv"), "model.kind", f"is {m.kind!r}; use 'dense' or 'conv'")
     need(m.latent_dim >= 1, "model.latent_dim", f"is {m.latent_dim}; it must be at least 1")
     need(all(h >= 1 for h in m.hidden), "model.hidden", f"is {list(m.hidden)}; every width must be at least 1")

