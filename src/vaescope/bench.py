@@ -22,6 +22,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -302,6 +303,10 @@ def run_benchmark(
     contenders.append(Contender("stats", stats_contender(models[STATS_PRESET], x_host, device)))
     say(f"benchmark on {device.type} ({torch.get_num_threads()} threads): {n} training images, "
         f"batch {batch_size}, {repeats} interleaved rounds")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.5 * cores:
+        say(f"warning: the machine is busy (load average {load:.1f} on {cores} cores); the other processes "
+            "slow every contender, multi-threaded ones most: rerun on an idle machine for figures to quote")
     medians = _rounds(contenders, n, repeats, min(n, 10 * batch_size), say)
 
     peak = 2 * matmul_size**3 / medians["matmul"] / 1e9
