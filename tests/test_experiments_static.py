@@ -13,13 +13,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from vaescope.config import StatsConfig
-from vaescope.experiments.generation import (generation_check, generation_rows, lowest_kl_active,
-                                             zeroing_difference)
+from vaescope.experiments.generation import generation_check, generation_rows, lowest_kl_active, zeroing_difference
 from vaescope.experiments.reconstruction_gain import reconstruction_gain
 from vaescope.experiments.run_to_run import count_spread
 from vaescope.experiments.sparsity_table import SEED_INACTIVE_COUNTS, seed_comparison, variable_rows
-from vaescope.experiments.variance_law import (kl_at_fixed_ratio, numerical_minimiser, stationary_curves,
-                                               stationary_sigma2, variance_law)
+from vaescope.experiments.variance_law import (
+    kl_at_fixed_ratio,
+    numerical_minimiser,
+    stationary_curves,
+    stationary_sigma2,
+    variance_law,
+)
 from vaescope.experiments.variance_trace import collapse_points, variance_trace
 from vaescope.objectives import reconstruction_error
 from vaescope.stats import LatentStatistics, latent_statistics

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import TINY_OVERRIDES
 
 from vaescope import reproduce as reproduce_mod
 from vaescope.cli import main
@@ -17,8 +18,6 @@ from vaescope.errors import VaescopeError
 from vaescope.report import Paragraph, Section
 from vaescope.reproduce import Context, Step, default_steps, make_settings, reproduce
 
-from conftest import TINY_OVERRIDES
-
 SECTION_IDS = ["summary", "variance-trace", "table1", "generation", "reconstruction-gain", "variance-law",
                "no-kl", "run-to-run", "noise-collapse", "kl-ablation", "trajectories"]
 TINY_EPOCHS = {"dense16": 2, "dense16_no_kl": 2, "conv16": 1}
@@ -26,8 +25,8 @@ TINY_EPOCHS = {"dense16": 2, "dense16_no_kl": 2, "conv16": 1}
 
 def _settings(tiny_npz: Path, **changes: Any):
     overrides = tuple(o for o in TINY_OVERRIDES if not o.startswith("train.epochs"))
-    kwargs: dict[str, Any] = dict(seeds=2, overrides=overrides, epochs=TINY_EPOCHS, data_source=str(tiny_npz),
-                                  generation_samples=50, progress=False)
+    kwargs: dict[str, Any] = {"seeds": 2, "overrides": overrides, "epochs": TINY_EPOCHS,
+                              "data_source": str(tiny_npz), "generation_samples": 50, "progress": False}
     kwargs.update(changes)
     return make_settings(quick=True, **kwargs)
 
@@ -84,7 +83,7 @@ def test_progress_names_steps_models_and_epochs(tiny_reproduction) -> None:
     text = "\n".join(lines)
     assert "[1/11] train or reuse" in text and "[8/11] run-to-run" in text
     assert "training conv16 seed 1 (1 epochs)" in text
-    assert re.search(r"^epoch 2/2 ", text, re.M)
+    assert re.search(r"^epoch 2/2 ", text, re.MULTILINE)
 
 
 def test_second_run_reuses_every_model(tiny_reproduction, tiny_dataset: Dataset) -> None:

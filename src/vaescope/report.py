@@ -20,9 +20,9 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
 
 from .errors import VaescopeError
 from .storage import atomic_write_text
@@ -57,7 +57,7 @@ class Preformatted:
     text: str
 
 
-Block = Union[Paragraph, Table, Image, Preformatted]
+Block = Paragraph | Table | Image | Preformatted
 
 
 @dataclass

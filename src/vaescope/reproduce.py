@@ -30,9 +30,10 @@ import importlib
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -109,7 +110,7 @@ class TrainedRun:
 class Step:
     id: str
     title: str
-    run: Callable[["Context"], None]
+    run: Callable[[Context], None]
 
 
 class Context:

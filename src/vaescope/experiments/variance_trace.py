@@ -30,7 +30,7 @@ class VarianceTrace:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "points": int(len(self.minibatches)),
+            "points": len(self.minibatches),
             "last_minibatch": int(self.minibatches[-1]) if len(self.minibatches) else 0,
             "collapse_minibatch": self.collapse_minibatch.tolist(),
         }
