@@ -209,6 +209,10 @@ def test_noise_collapse_loop_on_a_tiny_model(collapse_result):
     assert at["mu_variance"] < 0.01 and at["sigma2_mean"] > 0.8 and at["phase"] in ("noise", "hold")
     assert all(not r["collapsed"] for r in rows[: result.collapse_epoch])
     assert result.recovered == rows[-1]["active"]
+    if result.recovery_epoch is not None:  # the final streak of active epochs without noise
+        assert all(r["active"] and r["phase"] == "recovery" for r in rows[result.recovery_epoch:])
+        before = rows[result.recovery_epoch - 1]
+        assert before["phase"] != "recovery" or not before["active"]
     payload = result.to_dict()
     assert {"variable", "collapsed", "collapse_epoch", "gain_before", "recovered", "gain_after",
             "recovered_fraction"} <= set(payload)

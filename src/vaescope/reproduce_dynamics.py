@@ -35,11 +35,11 @@ def dynamic_settings(quick: bool) -> DynamicSettings:
     """Quick: about 2 minutes on 2 CPU cores beyond the dense16 run the static steps train."""
     if quick:
         noise = NoiseCollapseSettings(noise_step=0.5, max_noise_epochs=12, max_hold_epochs=10,
-                                      max_recovery_epochs=12, settle_epochs=2)
+                                      max_recovery_epochs=12, settle_epochs=4)
         trajectory = TrajectorySettings(record_epochs=1, record_every=5)
     else:
         noise = NoiseCollapseSettings(noise_step=0.25, max_noise_epochs=40, max_hold_epochs=30,
-                                      max_recovery_epochs=40, settle_epochs=5)
+                                      max_recovery_epochs=40, settle_epochs=8)
         trajectory = TrajectorySettings(record_epochs=3, record_every=5)
     return DynamicSettings(noise, KLAblationSettings(), trajectory)
 
@@ -68,8 +68,8 @@ def noise_collapse_step(ctx: Context) -> None:
         "reconstruction gain (test error with mu_j set to 0 minus the error without) falls below its mean KL. "
         "The noise is then held until the variable collapses (Var(mu) < "
         f"{tr.run.config.stats.mu_variance_threshold:g} and mean sigma^2 > {tr.run.config.stats.sigma2_threshold:g}) "
-        f"or {settings.max_hold_epochs} epochs pass, then removed; training goes on until the variable is active "
-        f"again (then {settings.settle_epochs} more epochs) or {settings.max_recovery_epochs} epochs pass. "
+        f"or {settings.max_hold_epochs} epochs pass, then removed; training goes on until the variable has been active "
+        f"again for {settings.settle_epochs + 1} epochs in a row or {settings.max_recovery_epochs} epochs pass. "
         "The variables inactive at the start are kept inactive throughout: the decoder receives 0 for them.")
     if not tr.stats.active.any():
         ctx.results["noise_collapse"] = {"variable": None, "collapsed": False, "collapse_epoch": None,

@@ -7,8 +7,9 @@ needs least: the smallest reconstruction gain). Then, one epoch at a time:
    one epoch; stop raising once j's reconstruction gain falls below its KL.
 2. ``hold``: keep that noise and train until j has collapsed (Var(mu_j) below the activity
    threshold and mean sigma_j^2 above the sigma^2 threshold) or ``max_hold_epochs`` pass.
-3. ``recovery``: remove the noise and train until j is active again (then ``settle_epochs``
-   more, so that the gain it regains is not read at the very threshold) or a limit passes.
+3. ``recovery``: remove the noise and train until j has been active again for ``settle_epochs``
+   + 1 epochs in a row (so that the gain it regains is not read at the very threshold, and a
+   variable hovering at the threshold does not count), or a limit passes.
 
 Throughout, the variables that were inactive at the start are kept inactive: the z the decoder
 sees for them is fixed to 0, so they carry nothing and the network cannot hand j's role to a
@@ -49,7 +50,8 @@ class NoiseCollapseSettings:
     max_noise_epochs: int = 40
     max_hold_epochs: int = 20
     max_recovery_epochs: int = 30
-    # Epochs trained after the variable is active again, before its gain is read.
+    # Epochs trained after the variable is active again, before its gain is read (it keeps
+    # growing for a few epochs after Var(mu) crosses the threshold).
     settle_epochs: int = 3
     # Test images the gain and the statistics are measured on (the first ones).
     eval_size: int = 10000
@@ -70,7 +72,7 @@ class NoiseCollapseResult:
     gain_before: float
     kl_before: float
     recovered: bool
-    recovery_epoch: int | None    # first epoch without noise at which the variable is active again
+    recovery_epoch: int | None    # first epoch of the final run of active epochs without noise
     gain_after: float
     recovered_fraction: float | None  # gain_after / gain_before (None when gain_before <= 0)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -204,16 +206,15 @@ def noise_collapse(
             if row["collapsed"]:
                 collapse_epoch = row["epoch"]
                 break
-    # Phase 3: no noise, until it is active again (and then a few epochs to settle).
-    recovery_epoch, settled = None, 0
+    # Phase 3: no noise, until it has been active again for settle_epochs + 1 epochs in a row (a
+    # variable just below the threshold may cross it back and forth; the streak must hold).
+    streak = 0
     for _ in range(settings.max_recovery_epochs):
         row = epoch_with(0.0, "recovery")
-        if recovery_epoch is None and row["active"]:
-            recovery_epoch = row["epoch"]
-        elif recovery_epoch is not None:
-            settled += 1
-        if recovery_epoch is not None and settled >= settings.settle_epochs:
+        streak = streak + 1 if row["active"] else 0
+        if streak > settings.settle_epochs:
             break
+    recovery_epoch = history[-1]["epoch"] - streak + 1 if streak else None
 
     collapsed = collapse_epoch is not None
     last = history[-1]
