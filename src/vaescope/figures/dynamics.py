@@ -15,6 +15,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
+from matplotlib.ticker import MaxNLocator
 
 from ..experiments.kl_ablation import AblationArm
 from ..experiments.noise_collapse import NoiseCollapseResult
@@ -70,6 +71,7 @@ def noise_collapse_figure(result: NoiseCollapseResult, threshold: float = 0.01) 
     bottom.semilogy(epoch, [r["sigma2_mean"] for r in rows], "s-", ms=3, color="C1", label="mean sigma^2")
     bottom.axhline(1.0, color="0.6", lw=0.8)
     bottom.axhline(threshold, color="C2", ls=":", lw=0.8, label=f"activity threshold {threshold:g}")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_xlabel("epoch (0 = the trained model before any noise)")
     bottom.set_ylabel("variance (log scale)")
     bottom.legend(fontsize=8, loc="lower left")
