@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from vaescope import config as config_mod
@@ -116,7 +116,9 @@ def test_idx_mutated_is_refused_or_consistent(scratch, file, gz, data):
         loaded = read_idx_bytes(scratch, bad)
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     plain = gzip.decompress(bad) if bad[:2] == b"\x1f\x8b" else bad
     shape = struct.unpack(f">{plain[3]}I", plain[4 : 4 + 4 * plain[3]])
     assert loaded.shape == shape
@@ -136,7 +138,9 @@ def test_idx_random_bytes(scratch, raw):
         loaded = read_idx_bytes(scratch, raw)
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     assert loaded.ndim >= 1
 
 
@@ -188,7 +192,9 @@ def test_npz_mutated_is_refused_or_unchanged(scratch, file, data):
         loaded = load_npz_bytes(scratch, bad)
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     assert same_as_written(loaded, arrays)
 
 
@@ -250,7 +256,9 @@ def test_pickle_mutated_is_refused_or_well_formed(scratch, spec, data):
         loaded = read_pickle_bytes(scratch, bad)
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     assert loaded.x_train.dtype == np.uint8 and loaded.x_train.shape[1:] == (1, 28, 28)
     assert loaded.y_train is not None and len(loaded.y_train) == len(loaded.x_train)
     if raw[:2] == b"\x1f\x8b" and bad[:2] == b"\x1f\x8b":
@@ -283,7 +291,9 @@ def test_pickle_of_the_wrong_structure_is_refused(scratch, obj, protocol):
         loaded = read_pickle_bytes(scratch, pickle.dumps(obj, protocol=protocol))
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     assert loaded.x_train.shape[1:] == (1, 28, 28)
 
 
@@ -325,7 +335,9 @@ def test_config_from_random_trees(tree):
         cfg = config_mod.from_dict(tree, origin="fuzz")
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     check_config(cfg)
 
 
@@ -344,7 +356,9 @@ def test_config_toml_random_and_mutated(scratch, text, preset, data):
         cfg = config_mod.from_dict(config_mod.load_toml(path), origin=str(path))
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     check_config(cfg)
 
 
@@ -354,9 +368,13 @@ def test_config_toml_random_bytes(scratch, raw):
     path = scratch / "config.toml"
     path.write_bytes(raw)
     try:
-        config_mod.load_toml(path)
+        tree = config_mod.load_toml(path)
     except VaescopeError as err:
         one_line(err)
+        event("refused")
+        return
+    event("accepted")
+    assert isinstance(tree, dict)
 
 
 @FUZZ
@@ -373,7 +391,9 @@ def test_config_overrides(texts):
         cfg = config_mod.resolve("dense16", overrides=texts)
     except VaescopeError as err:
         one_line(err)
+        event("refused")
         return
+    event("accepted")
     check_config(cfg)
 
 
