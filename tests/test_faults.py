@@ -480,3 +480,26 @@ def test_a_really_read_only_filesystem(tmp_path, reference_run, tiny_dataset, mo
             error = one_error_line(result.output)
             assert result.exit_code == 2 and "Read-only file system" in error and "make the directory writable" in error
     assert snapshot(shelf) == before
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("kind", ["npz", "pickle"])
+def test_non_finite_values_in_data_files_are_refused(tmp_path, kind, bad):
+    import gzip
+    import pickle
+
+    from vaescope.data import load_npz, read_mnist_pickle
+
+    x = np.full((4, 784), 0.5, dtype=np.float32)
+    x[2, 100] = bad
+    if kind == "npz":
+        path = tmp_path / "data.npz"
+        np.savez(path, x_train=x, x_test=np.full((2, 784), 0.5, dtype=np.float32))
+        read = load_npz
+    else:
+        path = tmp_path / "mnist.pkl.gz"
+        y = np.zeros(4, dtype=np.int64)
+        path.write_bytes(gzip.compress(pickle.dumps(((x, y), (x, y), (x, y)), protocol=4)))
+        read = lambda p: read_mnist_pickle(p, check_hash=False)  # noqa: E731
+    with pytest.raises(VaescopeError, match=r"contains NaN or infinite values; clean the data"):
+        read(path)

@@ -38,6 +38,16 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def ieee_floats():
+    """Training flushes subnormal floats to zero (train.configure_cpu), a process-wide CPU flag;
+    Hypothesis needs IEEE floats to generate subnormal values, so clear it here."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+
+
 def one_line(err: VaescopeError) -> str:
     text = str(err)
     assert text and "\n" not in text and "Traceback" not in text, text
