@@ -36,8 +36,8 @@ def main() -> int:
     if kind == "step":
         import torch
 
-        import vaescope.objectives as objectives
         import vaescope.train as train_mod
+        from vaescope import objectives
 
         real = objectives.loss_terms
 

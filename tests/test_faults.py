@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_OVERRIDES
 from safetensors.torch import load_file
 
-from conftest import TINY_OVERRIDES
 from vaescope import analysis
 from vaescope import config as config_mod
 from vaescope import train as train_mod
@@ -30,7 +30,7 @@ from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
 from vaescope.data import Dataset
 from vaescope.errors import VaescopeError
-from vaescope.storage import atomic_write_text, directory_lock
+from vaescope.storage import directory_lock
 from vaescope.train import read_metrics, read_trace, train
 
 CHILD = Path(__file__).with_name("faultchild.py")
@@ -139,7 +139,7 @@ def test_killed_training_resumes_to_identical_files(killed_runs, point):
     resume = ["train", "--out", str(run), "--resume", "--quiet"]
     if point == FRESH_PROCESS:
         done = subprocess.run([sys.executable, "-m", "vaescope.cli", *resume], capture_output=True, text=True,
-                              timeout=300)
+                              timeout=300, check=False)
         assert done.returncode == 0, done.stderr
     else:
         result = CliRunner().invoke(cli, resume)
@@ -317,10 +317,10 @@ def test_a_pid_alone_does_not_hold_the_lock(tmp_path):
     run directory) is not mistaken for a live writer: the kernel's flock decides, the PID is
     only for the message."""
     (tmp_path / ".lock").write_text(str(os.getppid()))  # alive, but not holding anything
-    with directory_lock(tmp_path):
-        with pytest.raises(VaescopeError, match=f"in use by process {os.getpid()}"):
-            with directory_lock(tmp_path):  # and the lock does not trust its own PID either
-                pass
+    # ... and the lock does not trust its own PID either: a second lock in this process is refused.
+    with directory_lock(tmp_path), pytest.raises(VaescopeError, match=f"in use by process {os.getpid()}"), \
+            directory_lock(tmp_path):
+        pass
 
 
 def test_many_threads_never_hold_the_lock_together(tmp_path, monkeypatch):
@@ -345,13 +345,12 @@ def test_many_threads_never_hold_the_lock_together(tmp_path, monkeypatch):
 
     def worker() -> None:
         for _ in range(100):
-            with contextlib.suppress(VaescopeError):
-                with directory_lock(tmp_path):
-                    holders.append(1)
-                    time.sleep(0.0002)
-                    overlaps.extend([1] if len(holders) > 1 else [])
-                    wins.append(1)
-                    holders.pop()
+            with contextlib.suppress(VaescopeError), directory_lock(tmp_path):
+                holders.append(1)
+                time.sleep(0.0002)
+                overlaps.extend([1] if len(holders) > 1 else [])
+                wins.append(1)
+                holders.pop()
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:
@@ -430,13 +429,13 @@ def mounted(target: Path, *options: str):
     target.mkdir(parents=True, exist_ok=True)
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a filesystem")
-    done = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    done = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount here: {done.stderr.strip()}")
     try:
         yield target
     finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+        subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
 
 
 def test_a_really_full_filesystem(tmp_path, tiny_config, tiny_dataset, monkeypatch, reference_run):
@@ -472,7 +471,8 @@ def test_a_really_read_only_filesystem(tmp_path, reference_run, tiny_dataset, mo
     shutil.copytree(reference_run, shelf / "run")
     before = snapshot(shelf)
     with mounted(shelf, "--bind", str(shelf)):
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(shelf)], capture_output=True).returncode != 0:
+        remount = ["mount", "-o", "remount,ro,bind", str(shelf)]
+        if subprocess.run(remount, capture_output=True, check=False).returncode != 0:
             pytest.skip("cannot remount read-only here")
         for args in (["train", "--out", str(shelf / "run"), "--resume", "--quiet"], ["stats", str(shelf / "run")],
                      ["train", "--preset", "dense16", "--out", str(shelf / "new"), "--quiet"]):
@@ -500,6 +500,6 @@ def test_non_finite_values_in_data_files_are_refused(tmp_path, kind, bad):
         path = tmp_path / "mnist.pkl.gz"
         y = np.zeros(4, dtype=np.int64)
         path.write_bytes(gzip.compress(pickle.dumps(((x, y), (x, y), (x, y)), protocol=4)))
-        read = lambda p: read_mnist_pickle(p, check_hash=False)  # noqa: E731
+        read = lambda p: read_mnist_pickle(p, check_hash=False)
     with pytest.raises(VaescopeError, match=r"contains NaN or infinite values; clean the data"):
         read(path)

@@ -242,7 +242,7 @@ def read_pickle_bytes(scratch: Path, raw: bytes):
 
 def same_as_pickled(dataset, parts) -> bool:
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
-    to_bytes = lambda x: np.rint(x * 256).astype(np.uint8).reshape(len(x), 1, 28, 28)  # noqa: E731
+    to_bytes = lambda x: np.rint(x * 256).astype(np.uint8).reshape(len(x), 1, 28, 28)
     return (np.array_equal(dataset.x_train, to_bytes(np.concatenate([x_tr, x_va])))
             and np.array_equal(dataset.y_train, np.concatenate([y_tr, y_va]))
             and np.array_equal(dataset.x_test, to_bytes(x_te)) and np.array_equal(dataset.y_test, y_te))
