@@ -11,7 +11,7 @@ from .config import StatsConfig
 from .data import Dataset, load_dataset
 from .stats import LatentStatistics, latent_statistics
 from .storage import atomic_write_json, atomic_write_text
-from .train import configure_cpu, select_device
+from .train import cpu_settings, select_device
 
 STATS_COLUMNS = ["index", "mu_mean", "mu_variance", "sigma2_mean", "variance_law", "kl_mean", "active",
                  "log_sigma2_mean", "inactive_by_sigma2", "inactive_by_kl"]
@@ -28,13 +28,13 @@ def run_statistics(
     ``stats-<split>.json`` and ``.csv`` in the run directory."""
     if not isinstance(run, Run):
         run = load_run(run)
-    configure_cpu(run.config.train.threads)
     device = select_device(run.config.train.device)
     data = dataset if dataset is not None else load_dataset(run.config.data.source)
     x, _ = data.split(split)
     model = run.model.to(device)
-    stats = latent_statistics(model, x, batch_size=2000, thresholds=thresholds or run.config.stats,
-                              device=device)
+    with cpu_settings(run.config.train.threads):
+        stats = latent_statistics(model, x, batch_size=2000, thresholds=thresholds or run.config.stats,
+                                  device=device)
     if write:
         payload = stats.to_dict(split)
         atomic_write_json(run.directory / f"stats-{split}.json", payload)

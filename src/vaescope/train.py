@@ -13,6 +13,7 @@ so a run resumed from any checkpoint ends with the same weights as one never int
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -20,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -58,9 +59,22 @@ def select_device(name: str = "auto") -> torch.device:
 
 def configure_cpu(threads: int = 0) -> None:
     """Use every core (or ``threads``), and flush denormals: tiny activations near collapse
-    otherwise fall into slow subnormal arithmetic on x86."""
+    otherwise fall into slow subnormal arithmetic on x86. Process-wide; see :func:`cpu_settings`."""
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.set_flush_denormal(True)
+
+
+@contextlib.contextmanager
+def cpu_settings(threads: int = 0) -> Iterator[None]:
+    """:func:`configure_cpu` for the duration of a block, so that a library call leaves the
+    caller's process as it found it (torch cannot report the flush-to-zero flag; off is its default)."""
+    previous_threads = torch.get_num_threads()
+    configure_cpu(threads)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(previous_threads)
 
 
 def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -326,13 +340,13 @@ def train(
         if resume:  # a killed writer's temporaries; the lock says no live writer owns them
             remove_temporaries(out)
             remove_temporaries(out / "checkpoints")
-        return _train_locked(config, out, resume, dataset, progress, say)
+        with cpu_settings(config.train.threads):
+            return _train_locked(config, out, resume, dataset, progress, say)
 
 
 def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | None,
                   progress: bool, say: Callable[[str], None]) -> TrainResult:
     t_cfg = config.train
-    configure_cpu(t_cfg.threads)
     device = select_device(t_cfg.device)
     data = dataset if dataset is not None else load_dataset(config.data.source)
     image_shape = data.image_shape
