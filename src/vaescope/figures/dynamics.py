@@ -146,37 +146,41 @@ def kl_ablation_generations_figure(arms: dict[str, AblationArm]) -> Figure:
 
 # ---------------------------------------------------------------------------- trajectories
 
-def _trajectory_limit(result: TrajectoryResult) -> float:
-    radius = circle_radius(result.sigma2)
-    return float(np.max(np.abs(result.mu) + radius[..., None])) * 1.05
+def _trajectory_limits(mu: np.ndarray, margin: float = 0.4) -> tuple[tuple[float, float], tuple[float, float]]:
+    """x and y limits that hold every position in ``mu`` ``(..., 2)``; early circles (sigma^2 can
+    pass 1 for a few minibatches) may be clipped rather than shrink the paths to a dot."""
+    points = mu.reshape(-1, 2)
+    low, high = points.min(0) - margin, points.max(0) + margin
+    centre, half = (low + high) / 2, max(high - low) / 2  # square, so circles stay round
+    return (centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half)
 
 
-def trajectories_figure(result: TrajectoryResult, circles: int = 8) -> Figure:
-    """Paths of the tracked digits, fading from the first recorded frame to the last, with
-    ``circles`` circles along each path (r^2 = geometric mean of the two variances)."""
+def trajectories_figure(result: TrajectoryResult, circles: int = 6) -> Figure:
+    """Paths of the tracked digits, fading from the first recorded frame to the last: outlines at
+    ``circles`` earlier frames, a filled circle at the last (r^2 = sqrt(sigma_1^2 sigma_2^2))."""
     fig = new_figure(7, 7)
     ax = fig.subplots()
     n_frames = len(result.steps)
-    fade = np.linspace(0.08, 1.0, max(n_frames - 1, 1))
+    fade = np.linspace(0.1, 1.0, max(n_frames - 1, 1))
     radius = circle_radius(result.sigma2)  # (T, K)
-    shown = np.unique(np.linspace(0, n_frames - 1, circles).round().astype(int))
+    earlier = np.unique(np.linspace(0, n_frames - 1, circles + 1).round().astype(int))[:-1]
     for k, label in enumerate(result.labels):
         colour = _class_colour(label)
         points = result.mu[:, k]  # (T, 2)
         segments = np.stack([points[:-1], points[1:]], axis=1)
         ax.add_collection(LineCollection(segments, colors=[to_rgba(colour, a) for a in fade], lw=1.2))
-        for t in shown:
-            alpha = 0.1 + 0.5 * t / max(n_frames - 1, 1)
-            ax.add_patch(Circle(points[t], radius[t, k], color=colour, alpha=alpha * 0.5, lw=0))
+        for t in earlier:
+            alpha = 0.15 + 0.45 * t / max(n_frames - 1, 1)
             ax.add_patch(Circle(points[t], radius[t, k], fill=False, color=colour, alpha=alpha, lw=0.8))
-        ax.annotate(str(int(label)), points[-1], fontsize=10, weight="bold", color=colour,
-                    xytext=(4, 4), textcoords="offset points")
-    limit = _trajectory_limit(result)
-    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", xlabel="z1", ylabel="z2")
+        ax.add_patch(Circle(points[-1], radius[-1, k], color=colour, alpha=0.5, lw=0))
+        ax.annotate(str(int(label)), points[-1], fontsize=11, weight="bold", color=colour,
+                    xytext=(5, 5), textcoords="offset points")
+    xlim, ylim = _trajectory_limits(result.mu)
+    ax.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="z1", ylabel="z2")
     epochs = result.steps[-1] / result.steps_per_epoch
-    ax.set_title(f"{len(result.labels)} test digits during the first {epochs:g} epoch(s) "
-                 f"({result.steps[-1]} minibatches); mean sigma^2 {result.sigma2_mean_start:.2f} -> "
-                 f"{result.sigma2_mean_end:.3f}", fontsize=9)
+    span = "the first epoch" if epochs == 1 else f"the first {epochs:g} epochs"
+    ax.set_title(f"{len(result.labels)} test digits during {span} ({result.steps[-1]} minibatches); "
+                 f"mean sigma^2 {result.sigma2_mean_start:.2f} -> {result.sigma2_mean_end:.3f}", fontsize=9)
     return fig
 
 
@@ -184,8 +188,8 @@ def trajectories_animation(result: TrajectoryResult, trail: int = 12) -> FuncAni
     """The tracked digits frame by frame: a circle per digit and a fading trail of ``trail`` frames."""
     fig = Figure(figsize=(5, 5), dpi=80, layout="constrained")
     ax = fig.subplots()
-    limit = _trajectory_limit(result)
-    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", xlabel="z1", ylabel="z2")
+    xlim, ylim = _trajectory_limits(result.mu)
+    ax.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="z1", ylabel="z2")
     radius = circle_radius(result.sigma2)
     colours = [_class_colour(c) for c in result.labels]
     circles = [ax.add_patch(Circle((0, 0), 1, color=c, alpha=0.35, lw=0)) for c in colours]
