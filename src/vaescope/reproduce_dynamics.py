@@ -102,20 +102,22 @@ def noise_collapse_step(ctx: Context) -> None:
                        "gain and mean KL (nats per test digit), noise std (dashed, right axis). Bottom: Var(mu) and "
                        "mean sigma^2 over the test set. Shaded: noise raised, held, removed; dotted: collapse.")
     ctx.sections.append(Section("noise-collapse", "Collapse by noise, and recovery",
-                                [intro, image, Paragraph(_noise_story(result))]))
+                                [intro, image, Paragraph(_noise_story(result, settings.variable is not None))]))
 
 
-def _noise_story(result: Any) -> str:
+def _noise_story(result: Any, chosen: bool) -> str:
     rows = result.history
     crossed = next((r for r in rows if r["phase"] == "noise" and r["gain"] < r["kl"]), None)
     first = rows[0]
-    text = (f"Variable {result.variable} (the active variable with the smallest gain unless chosen; gain "
-            f"{first['gain']:.2f} nats, KL {first['kl']:.2f} nats, Var(mu) {first['mu_variance']:.3f}; "
-            f"kept inactive: {result.kept_inactive}). ")
+    why = "chosen in the settings" if chosen else "the active variable with the smallest gain"
+    text = (f"Variable {result.variable} ({why}): gain {first['gain']:.2f} nats, KL {first['kl']:.2f} nats, "
+            f"Var(mu) {first['mu_variance']:.3f} before the noise; kept inactive: {result.kept_inactive}. ")
     peak = max(r["mu_variance"] for r in rows if r["phase"] in ("noise", "hold")) if len(rows) > 1 else 0.0
-    text += f"Under noise, Var(mu) rose to {peak:.2f} at most. "
+    text += f"Under noise, Var(mu) peaked at {peak:.2f}. "
     if crossed is not None:
-        text += f"The gain fell below the KL at noise std {crossed['noise_std']:g} (epoch {crossed['epoch']}). "
+        text += (f"The gain fell below the KL at noise std {crossed['noise_std']:g} (epoch {crossed['epoch']}: gain "
+                 f"{crossed['gain']:.3f}, KL {crossed['kl']:.3f}, Var(mu) {crossed['mu_variance']:.3f}, mean sigma^2 "
+                 f"{crossed['sigma2_mean']:.3f}). ")
     else:
         text += f"The gain stayed above the KL up to noise std {result.noise_at_stop:g}, the limit. "
     if result.collapsed:
@@ -127,9 +129,12 @@ def _noise_story(result: Any) -> str:
         text += (f"It did **not collapse** within the epoch limits (last Var(mu) under noise "
                  f"{last_noisy['mu_variance']:.4f}). ")
     if result.recovered:
-        text += (f"Without noise it was active again at epoch {result.recovery_epoch}; at the end (epoch "
-                 f"{rows[-1]['epoch']}) its gain is {result.gain_after:.2f} nats, "
-                 f"{100 * result.recovered_fraction:.0f}% of the gain before the noise.")
+        rising = len(rows) > 1 and rows[-1]["gain"] > rows[-2]["gain"]
+        text += (f"Without noise it was active again from epoch {result.recovery_epoch}; at the end (epoch "
+                 f"{rows[-1]['epoch']}) its gain is {result.gain_after:.2f} nats"
+                 + (f", {100 * result.recovered_fraction:.0f}% of the gain before the noise"
+                    if result.recovered_fraction is not None else "")
+                 + (", and still rising." if rising else "."))
     elif result.collapsed:
         text += (f"Without noise it was **not** active again within {len(rows) - 1 - result.collapse_epoch} epochs "
                  f"(final Var(mu) {rows[-1]['mu_variance']:.4f}, gain {result.gain_after:.3f}).")
@@ -168,8 +173,8 @@ def kl_ablation_step(ctx: Context) -> None:
     slices = ctx.figure(figs.kl_ablation_generations_figure(arms), "kl_ablation_slices",
                         "Digits decoded from five horizontal slices of the latent space (five levels of z3, the "
                         "equal-probability quantiles of N(0, 1)), 25 points of a (z1, z2) grid in each.")
-    rows = [[name, _g(arm.nearest_code_distance), _g(arm.extra["prior_reference_distance"]),
-             _g(arm.fitted_kl), ", ".join(f"{s:.3g}" for s in np.sqrt(np.diag(arm.fitted_cov))),
+    rows = [[name, f"{arm.nearest_code_distance:.3f}", f"{arm.extra['prior_reference_distance']:.3f}",
+             f"{arm.fitted_kl:.3f}", ", ".join(f"{s:.3f}" for s in np.sqrt(np.diag(arm.fitted_cov))),
              _g(runs[name].metrics[-1]["test_reconstruction"], 4)] for name, arm in arms.items()]
     ctx.sections.append(Section("kl-ablation", "Sampling versus no sampling in a 3-D latent space", [
         Paragraph("As in the seed's KL article (Figure 3): the dense 784-256-64-16-3 net trained as a VAE, and "
@@ -209,8 +214,9 @@ def trajectories_step(ctx: Context) -> None:
     }
     paths = ctx.figure(figs.trajectories_figure(result), "trajectories",
                        f"{len(result.labels)} test digits (one per class) in the 2-D latent space of the "
-                       f"784-256-64-16-2 net, recorded every {settings.record_every} minibatches over the first "
-                       f"{settings.record_epochs} epoch(s); trails fade from old to new; circles have "
+                       f"784-256-64-16-2 net, recorded every {settings.record_every} minibatches over "
+                       + ("the first epoch" if settings.record_epochs == 1 else f"the first {settings.record_epochs} epochs")
+                       + "; trails fade from old to new; circles have "
                        "r^2 = sqrt(sigma_1^2 sigma_2^2).")
     final = ctx.figure(figs.final_layout_figure(result), "trajectories_final",
                        f"{len(result.final_labels)} test digits ({settings.final_per_class} per class) after "
@@ -221,7 +227,7 @@ def trajectories_step(ctx: Context) -> None:
                   f"the same training run (same seed, data order and noise) as the {result.epochs}-epoch model of "
                   "the second figure."),
         paths,
-        Image(ANIMATION, f"The same paths frame by frame ({len(result.steps)} frames, `{ANIMATION}`)."),
+        Image(ANIMATION, f"The same paths frame by frame: an animation of {len(result.steps)} frames."),
         final,
         Paragraph(f"Mean sigma^2 of the tracked digits (both variables): {result.sigma2_mean_start:.3f} before "
                   f"training, {result.sigma2_mean_end:.4f} after {result.steps[-1]} minibatches; "
