@@ -65,7 +65,7 @@ def test_markdown(figure_file: Path) -> None:
     assert "## 1. First <section>" in text and "## 2. Second" in text
     assert "| **1** | **1e-4** |" in text and "| 0 | 0.9 |" in text
     assert "a\\|b" in text  # a pipe inside a cell does not break the table
-    assert "![A line](figures/line.png)" in text
+    assert "![line](figures/line.png)" in text and "*A line. Falling.*" in text
     assert "```\nx = 1\n```" in text
     assert "1. [First <section>](#first)" in text
 

@@ -79,6 +79,11 @@ def _inline_html(text: str) -> str:
     return _BOLD.sub(lambda m: f"<strong>{m.group(1)}</strong>", out)
 
 
+def _alt(image: Image) -> str:
+    """Short alternative text: the file's name in words (captions are shown beside the image)."""
+    return Path(image.path).stem.replace("_", " ").replace("-", " ")
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -91,8 +96,7 @@ def _block_markdown(block: Block) -> str:
     if isinstance(block, Preformatted):
         return "```\n" + block.text.rstrip("\n") + "\n```"
     if isinstance(block, Image):
-        alt = block.caption.split(".")[0] if block.caption else Path(block.path).stem
-        text = f"![{_md_cell(alt)}]({block.path})"
+        text = f"![{_alt(block)}]({block.path})"
         return text + (f"\n\n*{block.caption}*" if block.caption else "")
     if isinstance(block, Table):
         lines = ["| " + " | ".join(_md_cell(c) for c in block.columns) + " |",
@@ -156,7 +160,7 @@ def _block_html(block: Block, base_dir: Path) -> str:
     if isinstance(block, Image):
         data = _image_data(base_dir / block.path)
         caption = f"<figcaption>{_inline_html(block.caption)}</figcaption>" if block.caption else ""
-        alt = html.escape(block.caption or Path(block.path).stem)
+        alt = html.escape(_alt(block))
         mime = "image/gif" if block.path.lower().endswith(".gif") else "image/png"  # animations are GIFs
         return f'<figure><img alt="{alt}" src="data:{mime};base64,{data}">{caption}</figure>'
     if isinstance(block, Table):

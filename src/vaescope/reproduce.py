@@ -250,9 +250,12 @@ def _machine() -> str:
 def _intro(ctx: Context, seconds: float) -> list[Paragraph]:
     s = ctx.settings
     epochs = ", ".join(f"{k} {v}" for k, v in s.epochs.items())
+    reused = sum(r.reused for r in ctx._runs.values())
     return [Paragraph(
         f"Mode **{s.mode}**: {s.seeds} seed(s) per model ({', '.join(map(str, ctx.seeds))}); epochs: {epochs}. "
         f"Dataset `{ctx.dataset.name}`; every statistic is over the test split "
         f"({len(ctx.dataset.x_test)} images) unless a section says otherwise. "
-        f"Took {seconds:.0f} s on {_machine()}. Every number shown is in `results.json`."
+        f"Took {seconds:.0f} s on {_machine()}"
+        f"{f', reusing {reused} of {len(ctx._runs)} trained runs' if reused else ''}. "
+        "Every number shown is in `results.json`."
     )]

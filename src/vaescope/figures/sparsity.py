@@ -52,26 +52,32 @@ def generation_figure(full: np.ndarray, zeroed: np.ndarray, inactive_count: int)
     return fig
 
 
-def reconstruction_gain_figure(gains: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
-    """Bar chart per model: ``name -> (gain (D,), active (D,))``, gain in nats per image."""
-    fig = new_figure(5.5 * len(gains), 3.6)
-    axes = np.atleast_1d(fig.subplots(1, len(gains)))
+def reconstruction_gain_figure(gains: Mapping[str, tuple[np.ndarray, np.ndarray]], floor: float = 1e-5) -> Figure:
+    """Bar chart per model: ``name -> (gain (D,), active (D,))``, gain in nats per image, on a log
+    scale so that the ~0 gains of inactive variables stay visible; values below ``floor`` (zero or
+    slightly negative) are marked by a triangle on the floor."""
+    fig = new_figure(5.5 * len(gains), 3.9)
+    axes = np.atleast_1d(fig.subplots(1, len(gains), sharey=True))
     for ax, (name, (gain, active)) in zip(axes, gains.items()):
         index = np.arange(len(gain))
-        ax.bar(index, gain, color=verdict_colors(active))
+        ax.bar(index, np.maximum(gain, floor) - floor, bottom=floor, color=verdict_colors(active))
+        low = gain < floor  # ~0 or slightly negative: a marker on the floor keeps them visible
+        ax.scatter(index[low], np.full(int(low.sum()), floor * 1.6), marker="v", s=30,
+                   color=[c for c, flag in zip(verdict_colors(active), low) if flag])
+        ax.set_yscale("log")
         ax.set_xticks(index)
         ax.set_xlabel("latent variable")
-        ax.set_ylabel("reconstruction gain (nats / image)")
         ax.set_title(name)
         ax.grid(axis="y", alpha=0.3)
-        ax.axhline(0.0, color="black", lw=0.8)
-    axes[0].legend(handles=[Patch(color=ACTIVE_COLOR, label="active"), Patch(color=INACTIVE_COLOR, label="inactive")])
+    axes[0].set_ylabel("reconstruction gain (nats / image)")
+    fig.legend(handles=[Patch(color=ACTIVE_COLOR, label="active"), Patch(color=INACTIVE_COLOR, label="inactive")],
+               loc="outside upper center", ncols=2)
     return fig
 
 
 def variance_law_figure(laws: Mapping[str, VarianceLaw]) -> Figure:
     """Per variable, Var(mu) stacked under mean sigma^2, against the law's line at 1."""
-    fig = new_figure(5.5 * len(laws), 3.8)
+    fig = new_figure(5.5 * len(laws), 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(laws), sharey=True))
     for ax, (name, law) in zip(axes, laws.items()):
         index = np.arange(len(law.law))
@@ -80,13 +86,13 @@ def variance_law_figure(laws: Mapping[str, VarianceLaw]) -> Figure:
         ax.axhline(1.0, color="black", lw=1.2, ls="--", label="law: sum = 1")
         ax.set_xticks(index)
         ax.set_xlabel("latent variable (bar colour: verdict)")
-        ax.set_title(f"{name}: max |sum - 1| = {law.max_abs_deviation:.3f}")
+        ax.set_title(f"{name}: max |sum - 1| = {law.max_abs_deviation:.3f}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("Var(mu_j) + mean sigma_j^2")
-    axes[0].legend(handles=[Patch(color=ACTIVE_COLOR, label="Var(mu_j), active"),
-                            Patch(color=INACTIVE_COLOR, label="Var(mu_j), inactive"),
-                            Patch(color="#bbbbbb", label="mean sigma_j^2"),
-                            Line2D([], [], color="black", ls="--", label="1")], loc="lower right", fontsize=8)
+    fig.legend(handles=[Patch(color=ACTIVE_COLOR, label="Var(mu_j), active"),
+                        Patch(color=INACTIVE_COLOR, label="Var(mu_j), inactive"),
+                        Patch(color="#bbbbbb", label="mean sigma_j^2 (stacked on top)"),
+                        Line2D([], [], color="black", ls="--", label="1")], loc="outside upper center", ncols=4)
     return fig
 
 
