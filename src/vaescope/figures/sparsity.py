@@ -145,7 +145,7 @@ def no_kl_figure(mu_variances: Mapping[str, np.ndarray], gains: Mapping[str, np.
                  threshold: float) -> Figure:
     """Per model, its variables sorted high to low: Var(mu_j) (left, log scale, with the inactivity
     threshold) and reconstruction gain (right, log scale: the scale-free test of use)."""
-    fig = new_figure(11.0, 4.0)
+    fig = new_figure(11.0, 4.3)
     left, right = fig.subplots(1, 2)
     for name, values in mu_variances.items():
         ordered = np.sort(np.asarray(values))[::-1]
@@ -161,7 +161,7 @@ def no_kl_figure(mu_variances: Mapping[str, np.ndarray], gains: Mapping[str, np.
         ax.set_yscale("log")
         ax.set_xlabel("variables, sorted high to low")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+    fig.legend(handles=left.get_lines(), loc="outside upper center", ncols=len(left.get_lines()), fontsize=9)
     return fig
 
 
