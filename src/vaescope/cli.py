@@ -132,7 +132,7 @@ def presets() -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="Short training (about 5 minutes on 2 CPU cores for these experiments).")
+@click.option("--quick", is_flag=True, help="Short training: every experiment in about 6 minutes on 2 idle CPU cores.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per model (0, 1, ...).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: runs/reproduce-quick or runs/reproduce-full].")
