@@ -29,19 +29,20 @@ class DynamicSettings:
     noise: NoiseCollapseSettings
     ablation: KLAblationSettings
     trajectory: TrajectorySettings
+    dense3_epochs: int  # unless the reproduce settings name epochs for "dense3"
 
 
 def dynamic_settings(quick: bool) -> DynamicSettings:
-    """Quick: about 2 minutes on 2 CPU cores beyond the dense16 run the static steps train."""
+    """Quick: about 1.5 minutes on 2 CPU cores beyond the dense16 run the static steps train."""
     if quick:
-        noise = NoiseCollapseSettings(noise_step=0.5, max_noise_epochs=12, max_hold_epochs=10,
-                                      max_recovery_epochs=12, settle_epochs=4)
-        trajectory = TrajectorySettings(record_epochs=1, record_every=5)
-    else:
-        noise = NoiseCollapseSettings(noise_step=0.25, max_noise_epochs=40, max_hold_epochs=30,
-                                      max_recovery_epochs=40, settle_epochs=8)
-        trajectory = TrajectorySettings(record_epochs=3, record_every=5)
-    return DynamicSettings(noise, KLAblationSettings(), trajectory)
+        noise = NoiseCollapseSettings(noise_step=0.75, max_noise_epochs=8, max_hold_epochs=12,
+                                      max_recovery_epochs=10, settle_epochs=4)
+        trajectory = TrajectorySettings(record_epochs=1, record_every=8)
+        return DynamicSettings(noise, KLAblationSettings(), trajectory, dense3_epochs=6)
+    noise = NoiseCollapseSettings(noise_step=0.25, max_noise_epochs=40, max_hold_epochs=30,
+                                  max_recovery_epochs=40, settle_epochs=8)
+    trajectory = TrajectorySettings(record_epochs=3, record_every=5)
+    return DynamicSettings(noise, KLAblationSettings(), trajectory, dense3_epochs=40)
 
 
 def steps(settings: Settings) -> list[Step]:
@@ -150,10 +151,12 @@ DENSE2 = ("model.latent_dim=2",)
 
 
 def kl_ablation_step(ctx: Context) -> None:
-    settings = dynamic_settings(ctx.settings.quick).ablation
+    dynamic = dynamic_settings(ctx.settings.quick)
+    settings = dynamic.ablation
     seed = ctx.seeds[0]
-    runs = {"with sampling": ctx.trained("dense3", seed, overrides=DENSE3),
-            "without sampling": ctx.trained("dense3", seed, overrides=(*DENSE3, "loss.sampling=false"),
+    epochs = ctx.settings.epochs.get("dense3", dynamic.dense3_epochs)
+    runs = {"with sampling": ctx.trained("dense3", seed, epochs=epochs, overrides=DENSE3),
+            "without sampling": ctx.trained("dense3", seed, epochs=epochs, overrides=(*DENSE3, "loss.sampling=false"),
                                             name="dense3_no_sampling")}
     arms = {name: ablation_arm(tr.run.model, ctx.dataset.x_test, ctx.dataset.y_test, settings)
             for name, tr in runs.items()}
