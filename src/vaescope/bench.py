@@ -39,7 +39,7 @@ from .errors import VaescopeError
 from .models import build_model
 from .objectives import loss_terms
 from .stats import latent_statistics
-from .train import configure_cpu, images_to_device, make_optimizer, select_device, train_epoch
+from .train import cpu_settings, images_to_device, make_optimizer, select_device, train_epoch
 
 TRAINING_PRESETS = ("dense16", "conv16")
 PYTHAE_PRESET = "dense16"  # pythae runs the dense model only (its conv nets differ from ours)
@@ -257,32 +257,11 @@ def _rounds(contenders: list[Contender], n: int, repeats: int, warmup_n: int,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_benchmark(
-    dataset: Dataset | str = "mnist",
-    repeats: int = 3,
-    n_train: int | None = None,
-    matmul_size: int = 4096,
-    threads: int = 0,
-    use_pythae: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Time vaescope's epoch, the reference loop, pythae and the statistics pass side by side.
-
-    ``dataset``: a :class:`Dataset` or a source for :func:`load_dataset`; ``n_train`` keeps only the first training images (a quick
-    run). Returns the JSON contract of ``vaescope bench --json``; times are medians in seconds,
-    and entries that were not measured (pythae absent, or for conv16) are None.
-    """
-    say = log or (lambda _: None)
-    if repeats < 1:
-        raise VaescopeError(f"--repeats is {repeats}; it must be at least 1")
-    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
-    x_host = data.x_train if n_train is None else data.x_train[:n_train]
-    configs = {name: resolve(name) for name in TRAINING_PRESETS}
-    batch_size = configs[PYTHAE_PRESET].train.batch_size
-    if n_train is not None and not batch_size <= n_train <= len(data.x_train):
-        raise VaescopeError(f"--n-train is {n_train}; use {batch_size} to {len(data.x_train)} (one batch to all)")
+def _measure(data: Dataset, x_host: np.ndarray, configs: dict[str, Config], matmul_size: int, use_pythae: bool,
+             repeats: int, say: Callable[[str], None]) -> tuple[dict[str, float], dict[str, nn.Module]]:
+    """Build every contender, run the interleaved rounds; medians by contender, and our models."""
     n = len(x_host)
-    configure_cpu(threads)
+    batch_size = configs[PYTHAE_PRESET].train.batch_size
     device = select_device("auto")
     image_shape = data.image_shape
     x_device = images_to_device(x_host, device)
@@ -307,8 +286,38 @@ def run_benchmark(
     if load > 0.5 * cores:
         say(f"warning: the machine is busy (load average {load:.1f} on {cores} cores); the other processes "
             "slow every contender, multi-threaded ones most: rerun on an idle machine for figures to quote")
-    medians = _rounds(contenders, n, repeats, min(n, 10 * batch_size), say)
+    return _rounds(contenders, n, repeats, min(n, 10 * batch_size), say), models
 
+
+def run_benchmark(
+    dataset: Dataset | str = "mnist",
+    repeats: int = 3,
+    n_train: int | None = None,
+    matmul_size: int = 4096,
+    threads: int = 0,
+    use_pythae: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time vaescope's epoch, the reference loop, pythae and the statistics pass side by side.
+
+    ``dataset``: a :class:`Dataset` or a source for :func:`load_dataset`; ``n_train`` keeps only
+    the first training images (a quick run). ``threads`` as ``train.threads`` (0: all cores), for
+    the duration of the call. Returns the JSON contract of ``vaescope bench --json``; times are medians in seconds,
+    and entries that were not measured (pythae absent, or for conv16) are None.
+    """
+    say = log or (lambda _: None)
+    if repeats < 1:
+        raise VaescopeError(f"--repeats is {repeats}; it must be at least 1")
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    x_host = data.x_train if n_train is None else data.x_train[:n_train]
+    configs = {name: resolve(name) for name in TRAINING_PRESETS}
+    batch_size = configs[PYTHAE_PRESET].train.batch_size
+    if n_train is not None and not batch_size <= n_train <= len(data.x_train):
+        raise VaescopeError(f"--n-train is {n_train}; use {batch_size} to {len(data.x_train)} (one batch to all)")
+    n = len(x_host)
+    with cpu_settings(threads):
+        medians, models = _measure(data, x_host, configs, matmul_size, use_pythae, repeats, say)
+    image_shape = data.image_shape
     peak = 2 * matmul_size**3 / medians["matmul"] / 1e9
     result: dict[str, Any] = {}
     for name in TRAINING_PRESETS:
@@ -342,8 +351,8 @@ def format_report(result: dict[str, Any]) -> str:
 
     peak = result["matmul_peak_gflops"]
     lines = [f"float32 matrix product: {peak:.1f} GFLOP/s (the yardstick)", "",
-             f"{'':<16}{'vaescope':>10}{'reference':>11}{'pythae':>10}{'vs ref':>8}{'vs pythae':>11}"
-             f"{'GFLOP/s':>9}{'of matmul':>11}"]
+             (f"{'':<16}{'vaescope':>10}{'reference':>11}{'pythae':>10}{'vs ref':>8}{'vs pythae':>11}"
+              f"{'GFLOP/s':>9}{'of matmul':>11}")]
     for name in TRAINING_PRESETS:
         row = result[name]
         lines.append(f"{name + ' epoch':<16}{seconds(row['vaescope_epoch_s']):>10}{seconds(row['reference_epoch_s']):>11}"

@@ -194,6 +194,19 @@ def _gradient_norm(model: nn.Module) -> torch.Tensor:
 DEVICE_CHECK_EVERY = 50  # steps between host looks at the non-finite flag on an accelerator
 
 
+def _flag_non_finite(model: nn.Module, total: torch.Tensor, flag: torch.Tensor, one: torch.Tensor) -> None:
+    """Set ``flag`` (0-dim float) to 1 when the loss ``total`` or a gradient is NaN or infinite; it
+    never goes back to 0. One kernel over loss and gradients, with no host sync: AMP's check
+    (GradScaler's, here with scale ``one``, which leaves every value as it is); where this
+    torch lacks it, the norm of all gradients."""
+    tensors = [p.grad for p in model.parameters() if p.grad is not None] + [total.detach().reshape(1)]
+    try:
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, one)
+    except (AttributeError, NotImplementedError, RuntimeError):
+        bad = ~torch.isfinite(total.detach() + _gradient_norm(model))
+        torch.maximum(flag, bad.to(flag.dtype), out=flag)
+
+
 def _check_interval(device: torch.device, optimizer: torch.optim.Optimizer) -> int:
     """Steps between host looks at the finiteness of loss and gradients. On the CPU a look costs
     nothing: every step. On an accelerator each look stalls the queue, so where fused Adam can
@@ -226,11 +239,11 @@ def train_epoch(
     order = torch.randperm(n, generator=shuffle).to(device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     check_every = _check_interval(device, optimizer)
-    if check_every > 1:  # device-side: sticky flag, first bad step and whether its loss was finite
-        found_inf = torch.zeros((), device=device)
+    flag, one = torch.zeros((), device=device), torch.ones((), device=device)
+    if check_every > 1:  # device-side: first bad step and whether its loss was finite
         first_bad = torch.zeros(2, dtype=torch.int64, device=device)
         device_step = torch.tensor(step, device=device)  # counted on the device: no host copy per step
-        optimizer.found_inf = found_inf  # type: ignore[attr-defined]  # fused Adam skips while 1
+        optimizer.found_inf = flag  # type: ignore[attr-defined]  # fused Adam skips while it is 1
     try:
         for start in range(0, n, batch_size):
             # index_select gathers rows ~10x faster than x[order[...]] (advanced indexing)
@@ -240,25 +253,24 @@ def train_epoch(
             terms.total.backward()
             # Before Adam: an inf gradient of a finite loss would otherwise turn the weights into
             # NaN (Adam's inf/inf) and reach the next checkpoint.
-            finite = torch.isfinite(terms.total.detach() + _gradient_norm(model))
             if check_every == 1:
-                if not finite:
+                _flag_non_finite(model, terms.total, flag, one)
+                if flag.item():
                     raise NonFiniteLoss(step + 1, gradient=bool(torch.isfinite(terms.total)))
             else:
+                before = flag.clone()
+                _flag_non_finite(model, terms.total, flag, one)
                 device_step += 1
-                fresh = ~finite & (found_inf == 0)
                 here = torch.stack([device_step, torch.isfinite(terms.total).long()])
-                first_bad.copy_(torch.where(fresh, here, first_bad))
-                torch.maximum(found_inf, (~finite).float(), out=found_inf)
+                first_bad.copy_(torch.where(flag > before, here, first_bad))
             optimizer.step()
             step += 1
-            if check_every > 1 and (step % check_every == 0 or start + batch_size >= n) and found_inf.item():
+            if check_every > 1 and (step % check_every == 0 or start + batch_size >= n) and flag.item():
                 bad_step, loss_finite = first_bad.tolist()
                 raise NonFiniteLoss(bad_step, gradient=bool(loss_finite))
             with torch.no_grad():
-                part = torch.stack([terms.total.detach(), terms.reconstruction.detach().mean(),
-                                    terms.regularizer.detach().sum(1).mean()]).double()
-                totals += part * len(batch)
+                part = torch.stack([terms.total, terms.reconstruction.mean(), terms.regularizer.sum(1).mean()])
+                totals.add_(part, alpha=len(batch))
             if on_step is not None:
                 on_step(step, {"loss": part[0], "reconstruction": part[1], "kl": part[2]})
     finally:
