@@ -79,6 +79,8 @@ def test_bad_settings_are_refused(tiny_dataset):
         bench.run_benchmark(tiny_dataset, repeats=0)
     with pytest.raises(VaescopeError, match="--n-train is 10; use 128 to 512"):
         bench.run_benchmark(tiny_dataset, n_train=10)
+    with pytest.raises(VaescopeError, match="--threads is -1"):
+        bench.run_benchmark(tiny_dataset, threads=-1)
 
 
 def test_flop_counts_match_the_layer_arithmetic():

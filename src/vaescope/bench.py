@@ -308,6 +308,8 @@ def run_benchmark(
     say = log or (lambda _: None)
     if repeats < 1:
         raise VaescopeError(f"--repeats is {repeats}; it must be at least 1")
+    if threads < 0:
+        raise VaescopeError(f"--threads is {threads}; use 0 (all cores) or a positive count")
     data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     x_host = data.x_train if n_train is None else data.x_train[:n_train]
     configs = {name: resolve(name) for name in TRAINING_PRESETS}

@@ -150,11 +150,13 @@ def reproduce(quick: bool, seeds: int, out: Path | None, quiet: bool) -> None:
 @click.option("--repeats", type=int, default=3, show_default=True, help="Interleaved rounds; medians are reported.")
 @click.option("--n-train", type=int, help="Time epochs over only the first N training images (a quick run) [all].")
 @click.option("--data", default="mnist", show_default=True, help="Dataset: mnist, fashion-mnist, an IDX directory or an .npz file.")
-def bench(as_json: bool, repeats: int, n_train: int | None, data: str) -> None:
+@click.option("--threads", type=int, default=0, show_default=True, help="Torch threads for every contender; 0 = all cores.")
+def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: int) -> None:
     """Time training epochs and the statistics pass against a plain PyTorch loop and pythae."""
     from .bench import format_report, run_benchmark
 
-    result = run_benchmark(data, repeats=repeats, n_train=n_train, log=lambda line: click.echo(line, err=True))
+    result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads,
+                           log=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
