@@ -89,10 +89,15 @@ def cache_dir() -> Path:
 
 
 def load_dataset(source: str | os.PathLike[str] = "mnist") -> Dataset:
-    """Load a dataset by name (``mnist``, ``fashion-mnist``) or path (IDX directory, ``.npz``)."""
+    """Load a dataset by name (``mnist``, ``fashion-mnist``, ``synthetic:factors=K``) or path (IDX
+    directory, ``.npz``)."""
     text = str(source)
     if text.lower() == "mnist":
         return load_mnist()
+    if text.lower().startswith("synthetic:"):  # rings drawn from K known factors
+        from .synthetic import load_synthetic
+
+        return load_synthetic(text)
     if text.lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
         if not FASHION_MNIST_DIR.is_dir():
             raise VaescopeError(
