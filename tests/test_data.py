@@ -165,7 +165,7 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
     pkl = tmp_path / "mnist.pkl.gz"
     pkl.write_bytes(_mnist_like_pickle())
     monkeypatch.setattr(data_mod, "_locate_mnist_pickle", lambda: pkl)
-    monkeypatch.setattr(data_mod, "read_mnist_pickle", lambda p: read_mnist_pickle(p, check_hash=False))
+    monkeypatch.setattr(data_mod, "read_mnist_pickle", lambda p, **kw: read_mnist_pickle(p, check_hash=False, **kw))
 
     def crash(src, dst):
         raise OSError(28, "No space left on device")

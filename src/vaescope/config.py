@@ -18,12 +18,18 @@ from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
 from .errors import VaescopeError
+from .storage import read_text
 
 
 @dataclass(frozen=True)
 class DataConfig:
     # "mnist" (embedded default), "fashion-mnist", a directory of IDX files, or an .npz path.
     source: str = "mnist"
+    # The most bytes one data file may hold once decompressed (an IDX file, the arrays of an .npz
+    # together, the MNIST pickle): a header or zip directory promising more is refused before
+    # anything is allocated, a stream yielding more is cut off. 4 GiB: ~20x all of MNIST as float32.
+    max_bytes: int = 4 * 2**30
+
 
 
 @dataclass(frozen=True)
@@ -121,14 +127,15 @@ def load_preset(name: str) -> dict[str, Any]:
     return tomllib.loads(resource.read_text(encoding="utf-8"))
 
 
+TOML_MAX_BYTES = 2**20  # a config is a few hundred bytes; a larger file is not one
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    text = read_text(path, "config file", TOML_MAX_BYTES, missing="check the --config path",
+                     too_large="a vaescope config is a few hundred bytes: check the --config path")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise VaescopeError(f"config file {path} does not exist; check the --config path") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise VaescopeError(f"cannot read config file {path}: {err}") from err
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise VaescopeError(f"config file {path} is not valid TOML: {err}") from err
     except RecursionError as err:  # tomllib recurses once per nesting level
@@ -247,6 +254,8 @@ def validate(config: Config) -> Config:
          f"is {reprlib.repr(config.name)}; it names the run directory: use 1 to 100 letters, digits, '.', '-' "
          "or '_', not starting with '.'")
     need(m.kind in ("dense", "conv"), "model.kind", f"is {m.kind!r}; use 'dense' or 'conv'")
+    need(config.data.max_bytes >= 1, "data.max_bytes",
+         f"is {config.data.max_bytes}; give the most bytes a data file may hold, e.g. {DataConfig.max_bytes}")
     need(m.latent_dim >= 1, "model.latent_dim", f"is {m.latent_dim}; it must be at least 1")
     need(all(h >= 1 for h in m.hidden), "model.hidden", f"is {list(m.hidden)}; every width must be at least 1")
     need(len(m.conv_channels) == 2 and all(c >= 1 for c in m.conv_channels), "model.conv_channels",

@@ -1,8 +1,12 @@
-"""Atomic file writes and a lock for run directories.
+"""Atomic file writes, bounded reads and a lock for run directories.
 
 A file is written to a temporary sibling, flushed to disk, then renamed over the target, so a
 reader (or a resumed run) sees either the old complete file or the new complete file, never a
 half-written one. ``os.replace`` is atomic on POSIX and on Windows within one filesystem.
+
+A file is read by :func:`read_bytes` (or :func:`read_text`, :func:`read_json`): at most a stated
+number of bytes plus one to notice a larger file, in chunks, so that memory follows what the file
+really holds, and a missing, unreadable or oversized file is one line naming it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import VaescopeError
 
@@ -85,25 +91,92 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
-    """Read a JSON file, turning a missing or corrupt file into a one-line VaescopeError."""
+# JSON and TOML files vaescope reads are a few kB to a few MB; a larger one is not ours.
+TEXT_MAX_BYTES = 64 * 2**20
+READ_CHUNK = 2**24  # 16 MiB: the most a read asks for at once
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in the largest binary unit that keeps a number >= 1 (``4.0 GiB``)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def read_at_most(stream: BinaryIO, limit: int) -> bytearray:
+    """Up to ``limit`` bytes of ``stream``, read in chunks: memory grows with what the stream
+    really yields (a decompressor, a file that is shorter than promised), never with ``limit``."""
+    out = bytearray()
+    while len(out) < limit:
+        piece = stream.read(min(READ_CHUNK, limit - len(out)))
+        if not piece:
+            break
+        out += piece
+    return out
+
+
+def read_bytes(path: str | os.PathLike[str], what: str = "file", max_bytes: int = TEXT_MAX_BYTES,
+               too_large: str = "it is not a file vaescope wrote; restore or delete it",
+               missing: str = "check the path") -> bytes:
+    """The bytes of the file ``path``, refused with one line when it is missing, unreadable or
+    larger than ``max_bytes`` (at most ``max_bytes + 1`` bytes are ever read). ``too_large`` and
+    ``missing`` are the fixes the messages give."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = read_at_most(handle, max_bytes + 1)
     except FileNotFoundError as err:
-        raise VaescopeError(f"{what} {path} does not exist; check the path") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise VaescopeError(f"{what} {path} is not valid JSON ({err}); restore or delete it") from err
+        raise VaescopeError(f"{what} {path} does not exist; {missing}") from err
+    except IsADirectoryError as err:
+        raise VaescopeError(f"{what} {path} is a directory, not a file; {missing}") from err
+    except OSError as err:
+        raise VaescopeError(f"cannot read {what} {path}: {err.strerror or err}; check the file") from err
+    if len(raw) > max_bytes:
+        raise VaescopeError(f"{what} {path} is larger than {format_bytes(max_bytes)}; {too_large}")
+    return bytes(raw)
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file", max_bytes: int = TEXT_MAX_BYTES,
+              **fixes: str) -> str:
+    """:func:`read_bytes` decoded as UTF-8; undecodable text is one line too."""
+    raw = read_bytes(path, what, max_bytes, **fixes)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise VaescopeError(f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                            "restore or delete it") from err
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file", max_bytes: int = TEXT_MAX_BYTES) -> Any:
+    """Read a JSON file of at most ``max_bytes``; a missing, oversized or corrupt file is one line."""
+    text = read_text(path, what, max_bytes)
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        detail = _one_line(err) if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+        raise VaescopeError(f"{what} {path} is not valid JSON ({detail}); restore or delete it") from err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+_log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def directory_lock(directory: str | os.PathLike[str], what: str = "run directory") -> Iterator[None]:
+def directory_lock(directory: str | os.PathLike[str], what: str = "run directory",
+                   wait: bool = False, hint: str = "wait for it to finish or choose another --out") -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` for the life of the context.
 
     The lock is an ``flock`` on ``directory/.lock``, which also holds the owner's PID for the
     message. The kernel drops an ``flock`` when its process dies, however it dies, so a lock left
     by a killed run is stale by construction and a reused PID cannot fake an owner. Where
     ``flock`` is missing (Windows) the PID in the file decides, which a reused PID can fool.
+
+    A held lock is refused with a line naming the holder's PID and ``hint``; with ``wait``, the
+    holder's PID is logged once and the call blocks until the holder lets go (finishes or dies).
     """
     directory = Path(directory)
     try:
@@ -112,7 +185,7 @@ def directory_lock(directory: str | os.PathLike[str], what: str = "run directory
         raise VaescopeError(f"cannot create {what} {directory}: {err.strerror or err}; {_fix_hint(err)}") from err
     lock = directory / ".lock"
     acquire = _flock_acquire if fcntl is not None else _pid_acquire
-    fd = acquire(lock, directory, what)
+    fd = acquire(lock, directory, f"{what} {directory}", wait, hint)
     try:
         yield
     finally:
@@ -121,8 +194,19 @@ def directory_lock(directory: str | os.PathLike[str], what: str = "run directory
         os.close(fd)
 
 
-def _flock_acquire(lock: Path, directory: Path, what: str) -> int:
-    for _ in range(10):
+def _in_use(name: str, owner: int | None, hint: str) -> VaescopeError:
+    return VaescopeError(f"{name} is in use by process {owner if owner is not None else '(unknown)'}; {hint}")
+
+
+def _say_waiting(name: str, owner: int | None) -> None:
+    _log.warning("%s is in use by process %s; waiting for it to finish",
+                 name, owner if owner is not None else "(unknown)")
+
+
+def _flock_acquire(lock: Path, directory: Path, name: str, wait: bool, hint: str) -> int:
+    races = 0
+    waiting = False
+    while races < 10:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -131,11 +215,17 @@ def _flock_acquire(lock: Path, directory: Path, what: str) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = _lock_owner(lock)
-            os.close(fd)
-            raise VaescopeError(
-                f"{what} {directory} is in use by process {owner if owner is not None else '(unknown)'}; "
-                "wait for it to finish or choose another --out"
-            ) from None
+            if not wait or owner == os.getpid():  # waiting for ourselves would never end
+                os.close(fd)
+                raise _in_use(name, owner, hint) from None
+            if not waiting:  # the holder's PID once, however often the lock changes hands
+                _say_waiting(name, owner)
+                waiting = True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until the holder lets go; Ctrl-C still works
+            except BaseException:
+                os.close(fd)
+                raise
         except OSError as err:  # e.g. a filesystem without locks
             os.close(fd)
             raise VaescopeError(f"cannot lock {directory}: {err.strerror}; {_fix_hint(err)}") from err
@@ -145,6 +235,7 @@ def _flock_acquire(lock: Path, directory: Path, what: str) -> int:
             same = False
         if not same:  # the previous owner unlinked it between our open and our flock: retry
             os.close(fd)
+            races += 1
             continue
         try:
             os.ftruncate(fd, 0)
@@ -153,33 +244,40 @@ def _flock_acquire(lock: Path, directory: Path, what: str) -> int:
             os.close(fd)
             raise VaescopeError(f"cannot lock {directory}: {err.strerror}; {_fix_hint(err)}") from err
         return fd
-    raise VaescopeError(f"could not lock {what} {directory}: another process keeps taking it; try again")
+    raise VaescopeError(f"could not lock {name}: another process keeps taking it; try again")
 
 
-def _pid_acquire(lock: Path, directory: Path, what: str) -> int:  # pragma: no cover - no flock
-    for _ in range(2):
+def _pid_acquire(lock: Path, directory: Path, name: str, wait: bool, hint: str) -> int:  # pragma: no cover - no flock
+    waiting = False
+    stale = 0
+    while stale < 2:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
             if owner is not None and owner != os.getpid() and _pid_alive(owner):
-                raise VaescopeError(
-                    f"{what} {directory} is in use by process {owner}; wait for it to finish "
-                    "or choose another --out"
-                ) from None
+                if not wait:
+                    raise _in_use(name, owner, hint) from None
+                if not waiting:
+                    _say_waiting(name, owner)
+                    waiting = True
+                time.sleep(1.0)  # no kernel lock to block on: poll
+                continue
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()  # stale: its process is dead
+            stale += 1
             continue
         except OSError as err:
             raise VaescopeError(f"cannot lock {directory}: {err.strerror}; {_fix_hint(err)}") from err
         os.write(fd, str(os.getpid()).encode())
         return fd
-    raise VaescopeError(f"could not lock {what} {directory}; try again")
+    raise VaescopeError(f"could not lock {name}; try again")
 
 
 def _lock_owner(lock: Path) -> int | None:
     try:
-        return int(lock.read_text().strip())
+        with open(lock, "rb") as handle:
+            return int(handle.read(32).strip())  # a PID; anything longer is not one
     except (OSError, ValueError):
         return None
 
