@@ -47,3 +47,25 @@ TINY_OVERRIDES = [
 @pytest.fixture()
 def tiny_config(tiny_npz: Path) -> config_mod.Config:
     return config_mod.resolve("dense16", overrides=TINY_OVERRIDES + [f"data.source={tiny_npz}"])
+
+
+class LogLines(list):
+    """Collects the messages of the ``vaescope`` logger (progress lines) while attached."""
+
+    def __enter__(self) -> "LogLines":
+        import logging
+
+        class _Handler(logging.Handler):
+            def emit(inner, record: logging.LogRecord) -> None:  # noqa: N805
+                self.append(record.getMessage())
+
+        self._handler = _Handler()
+        self._logger = logging.getLogger("vaescope")
+        self._level = self._logger.level
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)

@@ -36,7 +36,7 @@ def main() -> int:
     if kind == "step":
         import torch
 
-        import vaescope.train as train_mod
+        import vaescope.engine as train_mod
         from vaescope import objectives
 
         real = objectives.loss_terms

@@ -21,7 +21,7 @@ def readme_block(marker: str) -> str:
 
 def test_readme_api_example_runs(tmp_path, tiny_config, tiny_npz, capsys):
     run_dir = tmp_path / "runs" / "dense16-seed0"
-    train(replace(tiny_config, **{"train.epochs": 1}), run_dir, progress=False, log=lambda _: None)
+    train(replace(tiny_config, **{"train.epochs": 1}), run_dir, progress=False)
     code = readme_block("api-example").replace('"runs/dense16-seed0"', repr(str(run_dir)))
     code = code.replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
     namespace: dict = {}

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import LogLines
 from torch import nn
 
 from vaescope import bench
-from vaescope import train as train_mod
+from vaescope import engine as engine_mod
 from vaescope.cli import main
 from vaescope.config import replace
+from vaescope.engine import make_optimizer, train_epoch
 from vaescope.errors import VaescopeError
 from vaescope.models import build_model
 from vaescope.stats import latent_statistics
-from vaescope.train import make_optimizer, train_epoch
 
 ROW_KEYS = {"vaescope_epoch_s", "reference_epoch_s", "pythae_epoch_s", "speedup_vs_reference",
             "speedup_vs_pythae", "gflops", "fraction_of_matmul_peak"}
@@ -55,9 +56,9 @@ def check_shape(result: dict, with_pythae: bool) -> None:
 
 
 def test_smoke_run_gives_the_json_contract(tiny_dataset):
-    lines = []
-    result = bench.run_benchmark(tiny_dataset, repeats=2, n_train=256, matmul_size=128, threads=1,
-                                 use_pythae=False, log=lines.append)
+    with LogLines() as lines:
+        result = bench.run_benchmark(tiny_dataset, repeats=2, n_train=256, matmul_size=128, threads=1,
+                                     use_pythae=False)
     check_shape(result, with_pythae=False)
     assert any("pythae is not installed" in line for line in lines)
     assert sum(line.startswith("round ") for line in lines) == 2
@@ -86,14 +87,14 @@ def test_bad_settings_are_refused(tiny_dataset):
 def test_flop_counts_match_the_layer_arithmetic():
     dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 32))
     x = torch.zeros(5, 1, 28, 28)
-    assert bench.forward_flops(dense, lambda: dense(x)) == 5 * 2 * (784 * 256 + 256 * 32)
+    assert bench.forward_flops(lambda: dense(x)) == 5 * 2 * (784 * 256 + 256 * 32)
     conv = nn.Conv2d(1, 16, 4, stride=2, padding=1)  # 28x28 -> 14x14
-    assert bench.forward_flops(conv, lambda: conv(x)) == 5 * 2 * (14 * 14 * 16 * 1 * 16)
+    assert bench.forward_flops(lambda: conv(x)) == 5 * 2 * (14 * 14 * 16 * 1 * 16)
     up = nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1)  # 7x7 -> 14x14
-    assert bench.forward_flops(up, lambda: up(torch.zeros(1, 32, 7, 7))) == 2 * (7 * 7 * 32 * 16 * 16)
+    assert bench.forward_flops(lambda: up(torch.zeros(1, 32, 7, 7))) == 2 * (7 * 7 * 32 * 16 * 16)
 
 
-def test_seed_dense_vae_costs_what_its_widths_say(tiny_config):
+def test_dense16_costs_what_its_widths_say(tiny_config):
     from vaescope.config import resolve
 
     model = build_model(resolve("dense16").model, (1, 28, 28))
@@ -143,7 +144,7 @@ def test_engine_gives_the_same_statistics_as_a_plain_computation(tiny_config, ti
         models.append(build_model(config.model, tiny_dataset.image_shape))
     engine, plain = models
     shuffle, noise = torch.Generator().manual_seed(t_cfg.seed), torch.Generator().manual_seed(t_cfg.seed + 1)
-    optimizer = make_optimizer(engine, t_cfg.lr, torch.device("cpu"))
+    optimizer = make_optimizer(engine, t_cfg.lr)
     step = 0
     for _ in range(t_cfg.epochs):
         step, _ = train_epoch(engine, optimizer, x, config.loss, t_cfg.batch_size, shuffle, noise, step)
@@ -167,12 +168,12 @@ def test_engine_gives_the_same_statistics_as_a_plain_computation(tiny_config, ti
 def poisoned_epoch(config, dataset, interval, monkeypatch, poison):
     """One epoch with the fault check every ``interval`` steps; ``poison`` (loss or gradient) hits
     step 6. Returns the model, the optimizer and the NonFiniteLoss raised (or None)."""
-    monkeypatch.setattr(train_mod, "_check_interval", lambda device, optimizer: interval)
+    monkeypatch.setattr(engine_mod.NonFiniteGuard, "interval", classmethod(lambda cls, device, optimizer: interval))
     torch.manual_seed(0)
     model = build_model(config.model, dataset.image_shape)
-    optimizer = make_optimizer(model, 1e-3, torch.device("cpu"))
+    optimizer = make_optimizer(model, 1e-3)
     calls = {"loss": 0, "grad": 0}
-    real = train_mod.loss_terms
+    real = engine_mod.loss_terms
 
     def loss_terms(*args, **kwargs):
         terms = real(*args, **kwargs)
@@ -185,12 +186,12 @@ def poisoned_epoch(config, dataset, interval, monkeypatch, poison):
         calls["grad"] += 1
         return grad * float("inf") if poison == "gradient" and calls["grad"] == 6 else grad
 
-    monkeypatch.setattr(train_mod, "loss_terms", loss_terms)
+    monkeypatch.setattr(engine_mod, "loss_terms", loss_terms)
     next(model.parameters()).register_hook(hook)
     try:
         train_epoch(model, optimizer, torch.from_numpy(dataset.x_train), config.loss, 32,
                     torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
-    except train_mod.NonFiniteLoss as fault:
+    except engine_mod.NonFiniteLoss as fault:
         return model, optimizer, fault
     return model, optimizer, None
 

@@ -59,7 +59,7 @@ def test_stats_threshold_option_changes_the_verdict(trained_run):
     (["train", "--preset", "dense16", "--set", "train.epochs=ten"], "train.epochs must be an integer"),
     (["train", "--preset", "dense16", "--set", "train.epoch=3"], "unknown key 'train.epoch'"),
     (["train", "--preset", "dense16", "--set", "noequals"], "is not of the form section.key=value"),
-    (["train", "--preset", "dense16", "--epochs", "0"], "--epochs is 0"),
+    (["train", "--preset", "dense16", "--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
     (["train", "--resume"], "--resume needs --out"),
     (["train", "--preset", "dense16", "--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
     (["stats", "/nonexistent/run"], "run directory /nonexistent/run does not exist"),

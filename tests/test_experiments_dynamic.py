@@ -9,14 +9,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, LogLines
 from matplotlib.figure import Figure
 from PIL import Image
 
 from vaescope import config as config_mod
-from vaescope import reproduce_dynamics
 from vaescope.config import LossConfig, StatsConfig
 from vaescope.data import Dataset
+from vaescope.engine import images_to_device, make_optimizer, train_epoch
 from vaescope.errors import VaescopeError
 from vaescope.experiments.kl_ablation import (
     KLAblationSettings,
@@ -32,9 +32,9 @@ from vaescope.experiments.trajectories import TrajectorySettings, add_final_layo
 from vaescope.figures import dynamics
 from vaescope.models import DenseVAE
 from vaescope.objectives import kl_per_variable
+from vaescope.reproduce import dynamics as reproduce_dynamics
 from vaescope.reproduce import make_settings, reproduce
 from vaescope.stats import latent_statistics
-from vaescope.train import images_to_device, make_optimizer, train_epoch
 
 TINY = ["model.hidden=[32, 16]", "train.batch_size=64", "train.threads=1"]
 
@@ -42,7 +42,7 @@ TINY = ["model.hidden=[32, 16]", "train.batch_size=64", "train.threads=1"]
 def tiny_model(dataset: Dataset, latent_dim: int, epochs: int, seed: int = 0) -> DenseVAE:
     torch.manual_seed(seed)
     model = DenseVAE(dataset.image_shape, (32, 16), latent_dim)
-    optimizer = make_optimizer(model, 3e-3, torch.device("cpu"))
+    optimizer = make_optimizer(model, 3e-3)
     x = images_to_device(dataset.x_train, torch.device("cpu"))
     shuffle, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     for _ in range(epochs):
@@ -288,9 +288,7 @@ def test_reproduce_runs_the_dynamic_steps_and_writes_their_keys(tmp_path, tiny_d
     overrides = tuple(o for o in TINY_OVERRIDES if not o.startswith("train.epochs")) + ("train.lr=0.003",)
     settings = make_settings(quick=True, seeds=1, overrides=overrides, epochs={"dense16": 30, "dense3": 4},
                              data_source=str(tiny_npz), progress=False)
-    lines: list[str] = []
-    results = reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset,
-                        log=lines.append)
+    results = reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset)
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored == json.loads(json.dumps(results))
     collapse = stored["noise_collapse"]
@@ -306,9 +304,10 @@ def test_reproduce_runs_the_dynamic_steps_and_writes_their_keys(tmp_path, tiny_d
     assert trajectories_block["sigma2_mean_start"] > 0 and trajectories_block["sigma2_mean_end"] > 0
     assert trajectories_block["epochs"] == 10
     page = (tmp_path / "report.html").read_text()
-    assert re.findall(r'<section id="([^"]+)"', page) == ["noise-collapse", "kl-ablation", "trajectories"]
+    assert re.findall(r'<section id="([^"]+)"', page) == ["noise-collapse", "kl-ablation", "trajectories",
+                                                                "references"]
     assert "data:image/gif;base64," in page
     # A second run trains nothing new.
-    again: list[str] = []
-    reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset, log=again.append)
+    with LogLines() as again:
+        reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset)
     assert not any(line.startswith("training ") for line in again)

@@ -16,7 +16,7 @@ from vaescope.config import StatsConfig
 from vaescope.experiments.generation import generation_check, generation_rows, lowest_kl_active, zeroing_difference
 from vaescope.experiments.reconstruction_gain import reconstruction_gain
 from vaescope.experiments.run_to_run import count_spread
-from vaescope.experiments.sparsity_table import SEED_INACTIVE_COUNTS, seed_comparison, variable_rows
+from vaescope.experiments.sparsity_table import article_comparison, variable_rows
 from vaescope.experiments.variance_law import (
     kl_at_fixed_ratio,
     numerical_minimiser,
@@ -26,8 +26,9 @@ from vaescope.experiments.variance_law import (
 )
 from vaescope.experiments.variance_trace import collapse_points, variance_trace
 from vaescope.objectives import reconstruction_error
+from vaescope.rundir import Trace
 from vaescope.stats import LatentStatistics, latent_statistics
-from vaescope.train import Trace, train
+from vaescope.train import train
 
 
 class LinearVAE(nn.Module):
@@ -121,15 +122,16 @@ def test_jensen_gap_of_a_real_encoder_is_nonnegative_and_zero_for_constant_varia
 
 # ---------------------------------------------------------------------------- Table 1, run to run
 
-def test_variable_rows_and_seed_comparison() -> None:
+def test_variable_rows_and_article_comparison() -> None:
     stats = _stats([0.5, 0.001, 0.02], [0.4, 0.99, 0.9])
     rows = variable_rows(stats)
     assert [r.active for r in rows] == [True, False, True]
     assert rows[1].variance_law == pytest.approx(0.991)
-    assert seed_comparison("dense16", 9, 16) == {"model": "dense16", "ours": 9, "seed": 8, "latent_dim": 16,
-                                                 "difference": 1}
-    assert seed_comparison("dense16_no_kl", 0, 16)["seed"] is None
-    assert SEED_INACTIVE_COUNTS == {"dense16": 8, "conv16": 3}
+    assert article_comparison("dense16", 9, 16).to_dict() == {"model": "dense16", "ours": 9, "article": 8,
+                                                           "latent_dim": 16, "difference": 1}
+    assert article_comparison("conv16", 1, 16).difference == -2
+    no_kl = article_comparison("dense16_no_kl", 0, 16)
+    assert no_kl.article is None and no_kl.difference is None
 
 
 def test_count_spread() -> None:
@@ -251,7 +253,7 @@ def test_zeroing_difference_is_zero_for_no_variables() -> None:
 # ---------------------------------------------------------------------------- a tiny trained VAE
 
 def test_trained_model_with_an_ignored_variable(tiny_config, tiny_dataset, tmp_path) -> None:
-    result = train(tiny_config, tmp_path / "run", dataset=tiny_dataset, progress=False, log=lambda _: None)
+    result = train(tiny_config, tmp_path / "run", dataset=tiny_dataset, progress=False)
     model = result.model
     with torch.no_grad():  # cut variable 1 off the decoder: its gain and generation effect must vanish
         first = model.decoder[0]

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from conftest import TINY_OVERRIDES
 from safetensors.torch import load_file
 
-from vaescope import analysis
+from vaescope import rundir as analysis
 from vaescope import config as config_mod
 from vaescope import train as train_mod
 from vaescope.checkpoint import load_checkpoint, load_run
@@ -31,11 +31,12 @@ from vaescope.cli import main as cli
 from vaescope.data import Dataset
 from vaescope.errors import VaescopeError
 from vaescope.storage import directory_lock
-from vaescope.train import read_metrics, read_trace, train
+from vaescope.rundir import read_metrics, read_trace
+from vaescope.train import train
 
 CHILD = Path(__file__).with_name("faultchild.py")
 COMPARED = ["model.safetensors", "metrics.csv", "trace.csv", "config.json"]  # timing.csv holds wall times
-QUIET = {"progress": False, "log": lambda _: None}
+QUIET = {"progress": False}
 
 
 def train_args(npz: Path, out: Path) -> list[str]:
@@ -370,7 +371,9 @@ def test_an_infinite_gradient_of_a_finite_loss_stops_the_run(tmp_path, tiny_conf
     """An inf in one gradient, loss finite: Adam would turn the weights into NaN (inf/inf) and the
     epoch's checkpoint would keep them. Step 8 is the last step of epoch 1, right before its
     checkpoint."""
-    real_build = train_mod.build_model
+    from vaescope import engine as engine_mod
+
+    real_build = engine_mod.build_model
     steps = {"n": 0}
 
     def build_with_poisoned_gradient(*args, **kwargs):
@@ -383,7 +386,7 @@ def test_an_infinite_gradient_of_a_finite_loss_stops_the_run(tmp_path, tiny_conf
         next(model.parameters()).register_hook(hook)
         return model
 
-    monkeypatch.setattr(train_mod, "build_model", build_with_poisoned_gradient)
+    monkeypatch.setattr(engine_mod, "build_model", build_with_poisoned_gradient)
     run = tmp_path / "run"
     with pytest.raises(VaescopeError) as caught:
         train(tiny_config, run, dataset=tiny_dataset, **QUIET)

@@ -454,7 +454,7 @@ def test_bad_stats_and_resume_options_get_one_line(tmp_path, monkeypatch, args, 
 
 
 def test_bad_thresholds_get_one_line(tmp_path, tiny_config, tiny_dataset):
-    train_mod.train(tiny_config, tmp_path / "run", dataset=tiny_dataset, progress=False, log=lambda _: None)
+    train_mod.train(tiny_config, tmp_path / "run", dataset=tiny_dataset, progress=False)
     result = CliRunner().invoke(cli, ["stats", str(tmp_path / "run"), "--mu-variance-threshold", "-1"])
     assert result.exit_code == 2
     assert result.output.strip() == "Error: invalid config: stats.mu_variance_threshold must be positive"

@@ -17,7 +17,7 @@ from vaescope.figures import sparsity as figs
 from vaescope.figures.common import new_figure, png_bytes, save_png
 from vaescope.report import Image, Paragraph, Preformatted, Section, Table, render_html, render_markdown, write_report
 from vaescope.stats import LatentStatistics
-from vaescope.train import Trace
+from vaescope.rundir import Trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import vaescope
-from vaescope import analysis
+from vaescope import rundir as analysis
 from vaescope import config as config_mod
 from vaescope import data as data_mod
 from vaescope.checkpoint import load_checkpoint, load_run
@@ -33,7 +33,7 @@ from vaescope.errors import VaescopeError
 from vaescope.train import train
 
 SRC = Path(vaescope.__file__).parent
-QUIET = {"progress": False, "log": lambda _: None}
+QUIET = {"progress": False}
 
 
 # ---------------------------------------------------------------------------- pickle opcodes

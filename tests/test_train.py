@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from vaescope import checkpoint as checkpoint_mod
+from vaescope import engine as engine_mod
 from vaescope import train as train_mod
 from vaescope.checkpoint import load_run
 from vaescope.config import replace
+from vaescope.engine import make_optimizer, train_epoch
 from vaescope.errors import VaescopeError
 from vaescope.models import build_model
-from vaescope.train import make_optimizer, read_metrics, read_trace, train, train_epoch
+from vaescope.rundir import read_metrics, read_trace
+from vaescope.train import train
 
 RUN_FILES = ("model.safetensors", "metrics.csv", "trace.csv", "config.json")
 
@@ -18,7 +21,7 @@ def test_one_step_changes_every_weight(tiny_config, tiny_dataset):
     torch.manual_seed(0)
     model = build_model(tiny_config.model, tiny_dataset.image_shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = make_optimizer(model, 1e-3, torch.device("cpu"))
+    optimizer = make_optimizer(model, 1e-3)
     x = torch.from_numpy(tiny_dataset.x_train[:64])
     step, means = train_epoch(model, optimizer, x, tiny_config.loss, 64, torch.Generator().manual_seed(0),
                               torch.Generator().manual_seed(1))
@@ -30,7 +33,7 @@ def test_one_step_changes_every_weight(tiny_config, tiny_dataset):
 @pytest.mark.parametrize("preset", ["dense16", "conv16"])
 def test_training_lowers_the_loss_and_writes_the_run(tmp_path, tiny_config, tiny_dataset, preset):
     config = replace(tiny_config, **{"model.kind": "conv" if preset == "conv16" else "dense", "train.epochs": 4})
-    result = train(config, tmp_path / "run", dataset=tiny_dataset, progress=False, log=lambda _: None)
+    result = train(config, tmp_path / "run", dataset=tiny_dataset, progress=False)
     for name in RUN_FILES:
         assert (tmp_path / "run" / name).is_file()
     metrics = read_metrics(tmp_path / "run")
@@ -47,7 +50,7 @@ def test_training_lowers_the_loss_and_writes_the_run(tmp_path, tiny_config, tiny
 
 
 def test_resume_gives_the_same_run_as_no_interruption(tmp_path, tiny_config, tiny_dataset, monkeypatch):
-    quiet = {"dataset": tiny_dataset, "progress": False, "log": lambda _: None}
+    quiet = {"dataset": tiny_dataset, "progress": False}
     train(tiny_config, tmp_path / "whole", **quiet)
 
     real_save = checkpoint_mod.save_checkpoint
@@ -73,7 +76,7 @@ def test_resume_gives_the_same_run_as_no_interruption(tmp_path, tiny_config, tin
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_config, tiny_dataset):
-    quiet = {"dataset": tiny_dataset, "progress": False, "log": lambda _: None}
+    quiet = {"dataset": tiny_dataset, "progress": False}
     train(tiny_config, tmp_path / "run", **quiet)
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
     result = train(tiny_config, tmp_path / "run", resume=True, **quiet)
@@ -82,7 +85,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_config, tiny_da
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, tiny_config, tiny_dataset, monkeypatch):
-    real = train_mod.loss_terms
+    real = engine_mod.loss_terms
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -92,9 +95,9 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, tiny_
             terms.total = terms.total * float("nan")
         return terms
 
-    monkeypatch.setattr(train_mod, "loss_terms", poisoned)
+    monkeypatch.setattr(engine_mod, "loss_terms", poisoned)
     with pytest.raises(VaescopeError, match=r"NaN or infinite at epoch 2, step 12; the last good checkpoint \(epoch 1\)"):
-        train(tiny_config, tmp_path / "run", dataset=tiny_dataset, progress=False, log=lambda _: None)
+        train(tiny_config, tmp_path / "run", dataset=tiny_dataset, progress=False)
     latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
     assert latest["epoch"] == 1
     assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -3,11 +3,11 @@
 All contenders run in one process and are interleaved: each round times every contender once,
 in an order rotated from round to round, so that load from the rest of the machine hits all of
 them alike; the report gives medians over rounds. The yardstick is the rate of a large float32
-matrix product; a contender's GFLOP/s is the FLOPs its architecture performs (counted from its
-Linear and convolution layers, not read from a profiler) over its median time.
+matrix product; a contender's GFLOP/s is the FLOPs its architecture performs (counted by
+``torch.utils.flop_counter``) over its median time.
 
 Contenders:
-- ``vaescope``: :func:`vaescope.train.train_epoch`, the loop behind ``vaescope train``.
+- ``vaescope``: :func:`vaescope.engine.train_epoch`, the loop behind ``vaescope train``.
 - ``reference``: the loop most PyTorch code writes (a ``DataLoader`` over a ``TensorDataset``
   with shuffling, default Adam, ``loss.item()`` every step), same model and same loss.
 - ``pythae``: pythae's ``TrainingPipeline`` on the same dense model, when pythae is installed
@@ -32,61 +32,45 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Config, resolve
 from .data import Dataset, load_dataset
+from .engine import cpu_settings, images_to_device, prepare_training, select_device, train_epoch
 from .errors import VaescopeError
 from .models import build_model
 from .objectives import loss_terms
 from .stats import latent_statistics
-from .train import cpu_settings, images_to_device, make_optimizer, select_device, train_epoch
+
+log = logging.getLogger(__name__)
 
 TRAINING_PRESETS = ("dense16", "conv16")
 PYTHAE_PRESET = "dense16"  # pythae runs the dense model only (its conv nets differ from ours)
 STATS_PRESET = "dense16"
-STATS_BATCH_SIZE = 2000  # what `vaescope stats` uses (vaescope.analysis)
+STATS_BATCH_SIZE = 2000  # what `vaescope stats` uses (vaescope.rundir.run_statistics)
 TRAINING_FLOPS_FACTOR = 3  # backward ~ 2x forward: gradients of inputs and of weights
 
 
 # ---------------------------------------------------------------------------- FLOPs
 
-def forward_flops(model: nn.Module, run: Callable[[], Any]) -> int:
-    """FLOPs (2 per multiply-add) of the Linear, Conv2d and ConvTranspose2d layers of ``model``
-    that ``run()`` executes; biases and activations are not counted (they are O(outputs))."""
-    total = 0
-
-    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        x = inputs[0]
-        if isinstance(module, nn.Linear):
-            macs = x.numel() // module.in_features * module.in_features * module.out_features
-        elif isinstance(module, nn.Conv2d):  # each output value: C_in/groups * kh * kw MACs
-            macs = output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
-        else:  # ConvTranspose2d: each input value is spread over C_out/groups * kh * kw outputs
-            macs = x.numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
-        total += 2 * macs
-
-    handles = [m.register_forward_hook(count) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+def forward_flops(run: Callable[[], Any]) -> int:
+    """FLOPs (2 per multiply-add) of the matrix products and convolutions that ``run()`` executes,
+    counted by torch's own :class:`~torch.utils.flop_counter.FlopCounterMode`."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run()
+    return int(counter.get_total_flops())
 
 
 def training_flops_per_example(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     """FLOPs of one training step per example: forward through encoder and decoder, times 3."""
     x = torch.zeros((1, *image_shape), device=next(model.parameters()).device)
-    return TRAINING_FLOPS_FACTOR * forward_flops(model, lambda: model.decode(model.encode(x)[0]))
+    return TRAINING_FLOPS_FACTOR * forward_flops(lambda: model.decode(model.encode(x)[0]))
 
 
 def encoder_flops_per_example(model: nn.Module, image_shape: tuple[int, ...]) -> int:
     """FLOPs of the encoder's forward pass for one example (what the statistics pass runs)."""
     x = torch.zeros((1, *image_shape), device=next(model.parameters()).device)
-    return forward_flops(model, lambda: model.encode(x))
+    return forward_flops(lambda: model.encode(x))
 
 
 # ---------------------------------------------------------------------------- contenders
@@ -123,18 +107,13 @@ def matmul_contender(size: int, device: torch.device) -> Callable[[int], float]:
 
 def vaescope_contender(config: Config, x: torch.Tensor, image_shape: tuple[int, ...]) -> tuple[Callable[[int], float], nn.Module]:
     """One epoch of :func:`train_epoch` over the first n images of ``x`` (uint8 on the device)."""
-    t_cfg = config.train
-    torch.manual_seed(t_cfg.seed)
-    model = build_model(config.model, image_shape).to(x.device)
-    optimizer = make_optimizer(model, t_cfg.lr, x.device)
-    shuffle = torch.Generator().manual_seed(t_cfg.seed)
-    noise = torch.Generator(device=x.device).manual_seed(t_cfg.seed + 1)
+    setup = prepare_training(config, image_shape, x.device)
 
     def run(n: int) -> float:
-        return _timed(x.device, lambda: train_epoch(model, optimizer, x[:n], config.loss, t_cfg.batch_size,
-                                                    shuffle, noise))
+        return _timed(x.device, lambda: train_epoch(setup.model, setup.optimizer, x[:n], config.loss,
+                                                    config.train.batch_size, setup.shuffle, setup.noise))
 
-    return run, model
+    return run, setup.model
 
 
 def reference_contender(config: Config, x_float: torch.Tensor, image_shape: tuple[int, ...],
@@ -242,8 +221,7 @@ class Contender:
     run: Callable[[int], float]  # n examples -> seconds
 
 
-def _rounds(contenders: list[Contender], n: int, repeats: int, warmup_n: int,
-            say: Callable[[str], None]) -> dict[str, float]:
+def _rounds(contenders: list[Contender], n: int, repeats: int, warmup_n: int) -> dict[str, float]:
     """Median seconds of each contender over ``repeats`` interleaved rounds, after one warm-up
     round on ``warmup_n`` examples (first-call costs: allocator, kernels, thread pools)."""
     for contender in contenders:
@@ -253,12 +231,12 @@ def _rounds(contenders: list[Contender], n: int, repeats: int, warmup_n: int,
         shift = r % len(contenders)
         for contender in contenders[shift:] + contenders[:shift]:
             times[contender.name].append(contender.run(n))
-        say(f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+        log.info(f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _measure(data: Dataset, x_host: np.ndarray, configs: dict[str, Config], matmul_size: int, use_pythae: bool,
-             repeats: int, say: Callable[[str], None]) -> tuple[dict[str, float], dict[str, nn.Module]]:
+             repeats: int) -> tuple[dict[str, float], dict[str, nn.Module]]:
     """Build every contender, run the interleaved rounds; medians by contender, and our models."""
     n = len(x_host)
     batch_size = configs[PYTHAE_PRESET].train.batch_size
@@ -276,17 +254,17 @@ def _measure(data: Dataset, x_host: np.ndarray, configs: dict[str, Config], matm
         contenders.append(Contender(f"{name}/reference", reference_contender(cfg, x_float_tensor, image_shape, device)))
     pythae_run = pythae_contender(configs[PYTHAE_PRESET], x_float, image_shape, device) if use_pythae else None
     if pythae_run is None:
-        say("pythae is not installed: its column is skipped (pip install 'vaescope[bench]' to include it)")
+        log.info("pythae is not installed: its column is skipped (pip install 'vaescope[bench]' to include it)")
     else:
         contenders.append(Contender(f"{PYTHAE_PRESET}/pythae", pythae_run))
     contenders.append(Contender("stats", stats_contender(models[STATS_PRESET], x_host, device)))
-    say(f"benchmark on {device.type} ({torch.get_num_threads()} threads): {n} training images, "
+    log.info(f"benchmark on {device.type} ({torch.get_num_threads()} threads): {n} training images, "
         f"batch {batch_size}, {repeats} interleaved rounds")
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 0.5 * cores:
-        say(f"warning: the machine is busy (load average {load:.1f} on {cores} cores); the other processes "
+        log.info(f"warning: the machine is busy (load average {load:.1f} on {cores} cores); the other processes "
             "slow every contender, multi-threaded ones most: rerun on an idle machine for figures to quote")
-    return _rounds(contenders, n, repeats, min(n, 10 * batch_size), say), models
+    return _rounds(contenders, n, repeats, min(n, 10 * batch_size)), models
 
 
 def run_benchmark(
@@ -296,7 +274,6 @@ def run_benchmark(
     matmul_size: int = 4096,
     threads: int = 0,
     use_pythae: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time vaescope's epoch, the reference loop, pythae and the statistics pass side by side.
 
@@ -305,7 +282,6 @@ def run_benchmark(
     the duration of the call. Returns the JSON contract of ``vaescope bench --json``; times are medians in seconds,
     and entries that were not measured (pythae absent, or for conv16) are None.
     """
-    say = log or (lambda _: None)
     if repeats < 1:
         raise VaescopeError(f"--repeats is {repeats}; it must be at least 1")
     if threads < 0:
@@ -318,7 +294,7 @@ def run_benchmark(
         raise VaescopeError(f"--n-train is {n_train}; use {batch_size} to {len(data.x_train)} (one batch to all)")
     n = len(x_host)
     with cpu_settings(threads):
-        medians, models = _measure(data, x_host, configs, matmul_size, use_pythae, repeats, say)
+        medians, models = _measure(data, x_host, configs, matmul_size, use_pythae, repeats)
     image_shape = data.image_shape
     peak = 2 * matmul_size**3 / medians["matmul"] / 1e9
     result: dict[str, Any] = {}

@@ -34,7 +34,6 @@ from .models import build_model
 from .storage import atomic_write_bytes, atomic_write_json, read_json
 
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
 KEEP_CHECKPOINTS = 2
@@ -85,8 +84,12 @@ class Run:
     image_shape: tuple[int, ...]
 
 
-def load_run(directory: str | Path, map_location: str | torch.device = "cpu") -> Run:
-    """Load the trained model of a run directory written by ``vaescope train``."""
+def load_run(directory: str | Path, map_location: str | torch.device = "cpu", model: nn.Module | None = None) -> Run:
+    """Load the trained model of a run directory written by ``vaescope train``.
+
+    The model is rebuilt from the stored config (a run trained with ``model.factory`` imports
+    that factory again); ``model``: an instance to load the weights into instead (required for
+    a run trained with a model object passed to ``train``)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise VaescopeError(f"run directory {directory} does not exist; train one with 'vaescope train --out {directory}'")
@@ -103,7 +106,8 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu") ->
         image_shape = tuple(int(n) for n in meta["image_shape"])
     except (KeyError, TypeError, ValueError) as err:
         raise VaescopeError(f"{weights} lacks vaescope's metadata; it was not written by vaescope train") from err
-    model = build_model(config.model, image_shape)
+    if model is None:
+        model = build_model(config.model, image_shape)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,24 @@ import click
 
 from . import config as config_mod
 from .errors import VaescopeError
+
+
+class _TqdmHandler(logging.Handler):
+    """Progress messages of the library (logger ``vaescope``) to stderr, above any progress bar;
+    stdout keeps the results (tables, JSON)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("vaescope")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        logger.addHandler(_TqdmHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 class _Group(click.Group):
@@ -46,6 +65,7 @@ class _Group(click.Group):
 @click.version_option(package_name="vaescope")
 def main() -> None:
     """Train Variational Autoencoders and study their latent space."""
+    _configure_logging()
 
 
 @main.command()
@@ -55,39 +75,35 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one config key, e.g. --set loss.beta=2 (repeatable).")
 @click.option("--data", help="Dataset: mnist, fashion-mnist, an IDX directory or an .npz file.")
-@click.option("--epochs", type=int, help="Number of epochs (train.epochs).")
-@click.option("--seed", type=int, help="Random seed (train.seed).")
+@click.option("--model", "factory", metavar="PACKAGE.MODULE:FACTORY",
+              help="Train a model of your own: FACTORY(image_shape, model_config) returns an nn.Module with "
+                   "encode(x) -> (mu, logvar) and decode(z) -> logits. This imports and runs your module "
+                   "(now, and again when the run is resumed or measured); sets model.factory.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs (train.epochs).")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed (train.seed).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory [default: runs/PRESET-seedS].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ...], data: str | None,
-          epochs: int | None, seed: int | None, out: Path | None, resume: bool, quiet: bool) -> None:
+          factory: str | None, epochs: int | None, seed: int | None, out: Path | None, resume: bool,
+          quiet: bool) -> None:
     """Train a VAE and write its run directory."""
     from .train import train as run_training
 
     if resume and out is None:
         raise VaescopeError("--resume needs --out: the run directory to continue")
-    if resume and preset is None and config_file is None and not (out / "config.json").is_file():  # type: ignore[operator]
-        raise VaescopeError(
-            f"--resume: {out} holds no run to continue (no config.json); check --out, or start a run with --preset"
-        )
-    if resume and (preset or config_file or overrides or data or epochs is not None or seed is not None):
-        stored = out / "config.json"  # type: ignore[operator]
-        if stored.is_file():
-            raise VaescopeError(
-                f"--resume continues {out} with its stored config.json; drop the other options"
-            )
-    if preset is None and config_file is None and not resume:
-        raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) unless --config is given")
-    for name, value in (("--epochs", epochs), ("--seed", seed)):
-        if value is not None and value < (1 if name == "--epochs" else 0):
-            raise VaescopeError(f"{name} is {value}; it must be {'at least 1' if name == '--epochs' else '>= 0'}")
-    cfg = config_mod.resolve(preset, config_file, overrides, **{
-        "data.source": data, "train.epochs": epochs, "train.seed": seed})
+    given = preset or config_file or overrides or data or factory or epochs is not None or seed is not None
+    cfg = None
+    if given or not resume:  # with --resume and nothing else, the run's stored config
+        if preset is None and config_file is None:
+            raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) "
+                                "unless --config is given")
+        cfg = config_mod.resolve(preset, config_file, overrides, **{
+            "data.source": data, "model.factory": factory, "train.epochs": epochs, "train.seed": seed})
     if out is None:
-        out = Path("runs") / f"{cfg.name}-seed{cfg.train.seed}"
-    result = run_training(cfg, out, resume=resume, progress=not quiet, log=click.echo)
+        out = Path("runs") / f"{cfg.name}-seed{cfg.train.seed}"  # type: ignore[union-attr]
+    result = run_training(cfg, out, resume=resume, progress=not quiet)
     click.echo(f"trained {result.run_dir}: {len(result.metrics)} epochs; next: vaescope stats {result.run_dir}")
 
 
@@ -100,11 +116,11 @@ def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ..
 @click.option("--kl-threshold", type=float, help="Criterion shown beside: mean KL below this, nats [0.01].")
 def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | None,
           sigma2_threshold: float | None, kl_threshold: float | None) -> None:
-    """Per-variable latent statistics of a trained RUN over a full split (the seed's Table 1)."""
+    """Per-variable latent statistics of a trained RUN over a full split (the sparsity article's Table 1)."""
     import dataclasses
 
-    from .analysis import run_statistics
     from .checkpoint import load_run
+    from .rundir import run_statistics
     from .tables import latent_table
 
     loaded = load_run(run)
@@ -121,6 +137,49 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
 
 
 @main.command()
+@click.argument("run", required=False, type=click.Path(path_type=Path))
+@click.option("--model", "model_ref", metavar="PACKAGE.MODULE:FACTORY",
+              help="Inspect your own model instead of a RUN: this IMPORTS AND RUNS YOUR PYTHON CODE (the module "
+                   "and its factory, called with no argument, with the image shape (C, H, W), or with (image shape, "
+                   "model config)). Needs --data and --out.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --model: a .safetensors state dict to load into the model (never a pickle).")
+@click.option("--data", help="With --model: mnist, fashion-mnist, an IDX directory or an .npz file [RUN's data].")
+@click.option("--trace", "trace_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --model: a folder holding a trace.csv (a LatentMonitor log_dir) to draw.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--samples", type=int, default=1000, show_default=True, help="Prior samples for the generation check.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder [RUN/inspect].")
+def inspect(run: Path | None, model_ref: str | None, weights: Path | None, data: str | None, trace_dir: Path | None,
+            split: str, samples: int, out: Path | None) -> None:
+    """One model's latent space as report.html (self-contained) and inspect.json: Table 1 with every
+    activity criterion, the recorded trace, reconstruction gains, generation with inactive variables
+    zeroed, the variance law. Give a RUN directory, or --model with --data and --out."""
+    from .inspection import inspect as run_inspect
+    from .inspection import inspect_run, load_user_model
+
+    if samples < 1:
+        raise VaescopeError(f"--samples is {samples}; it must be at least 1")
+    if (run is None) == (model_ref is None):
+        raise VaescopeError("give a RUN directory or --model PACKAGE.MODULE:FACTORY (one of the two)")
+    if run is not None:
+        if weights or data or trace_dir:
+            raise VaescopeError("--weights, --data and --trace go with --model; a RUN brings its own")
+        result = inspect_run(run, out, split=split, samples=samples)
+    else:
+        if data is None or out is None:
+            raise VaescopeError("--model needs --data (the images) and --out (the report's folder)")
+        from .data import load_dataset
+
+        dataset = load_dataset(data)
+        model = load_user_model(model_ref, dataset.image_shape, weights)  # type: ignore[arg-type]
+        result = run_inspect(model, dataset, out, trace=trace_dir, split=split, samples=samples,
+                             label=model_ref)
+    stats = result.results["statistics"]
+    click.echo(f"{stats['inactive_count']} of {stats['latent_dim']} variables inactive; report: {result.report}")
+
+
+@main.command()
 def presets() -> None:
     """List the shipped presets."""
     for name in config_mod.preset_names():
@@ -133,30 +192,31 @@ def presets() -> None:
 
 @main.command()
 @click.option("--quick", is_flag=True, help="Short training: every experiment in about 6 minutes on 2 idle CPU cores.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per model (0, 1, ...).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Random seeds per model (0, 1, ...).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: runs/reproduce-quick or runs/reproduce-full].")
 @click.option("--quiet", is_flag=True, help="No progress bars (epoch lines are still printed).")
 def reproduce(quick: bool, seeds: int, out: Path | None, quiet: bool) -> None:
-    """Reproduce the seed's experiments on MNIST: report.html, report.md, figures, results.json."""
-    from .reproduce import make_settings, reproduce as run_reproduce
+    """Reproduce the articles' experiments on MNIST: report.html, report.md, figures, results.json."""
+    from .reproduce import make_settings
+    from .reproduce import reproduce as run_reproduce
 
     settings = make_settings(quick=quick, seeds=seeds, progress=not quiet)
-    run_reproduce(settings, out or Path("runs") / f"reproduce-{settings.mode}", log=click.echo)
+    run_reproduce(settings, out or Path("runs") / f"reproduce-{settings.mode}")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Interleaved rounds; medians are reported.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds; medians are reported.")
 @click.option("--n-train", type=int, help="Time epochs over only the first N training images (a quick run) [all].")
 @click.option("--data", default="mnist", show_default=True, help="Dataset: mnist, fashion-mnist, an IDX directory or an .npz file.")
-@click.option("--threads", type=int, default=0, show_default=True, help="Torch threads for every contender; 0 = all cores.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Torch threads for every contender; 0 = all cores.")
 def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: int) -> None:
     """Time training epochs and the statistics pass against a plain PyTorch loop and pythae."""
     from .bench import format_report, run_benchmark
 
-    result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads,
-                           log=lambda line: click.echo(line, err=True))
+    result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 
 

@@ -29,13 +29,20 @@ class DataConfig:
     # together, the MNIST pickle): a header or zip directory promising more is refused before
     # anything is allocated, a stream yielding more is cut off. 4 GiB: ~20x all of MNIST as float32.
     max_bytes: int = 4 * 2**30
-
+    # Binary pixels, as the likelihood literature reads MNIST: "none" (grey levels), "dynamic" (a
+    # fresh Bernoulli sample of every training batch) or "static" (one fixed sample of each image).
+    # With either, the test split is one fixed sample (vaescope.data.split_images).
+    binarize: str = "none"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # "dense" (MLP encoder and mirrored decoder) or "conv" (for images whose sides divide by 4).
+    # A kind of vaescope.models.MODEL_KINDS: "dense" (MLP encoder and mirrored decoder) or "conv"
+    # (for images whose sides divide by 4); "custom" marks a model object passed to train().
     kind: str = "dense"
+    # "package.module:function" of a model of your own, called as function(image_shape, model_config);
+    # when set, it is used instead of `kind`. Importing it runs your code.
+    factory: str = ""
     latent_dim: int = 16
     # Dense: hidden layer widths of the encoder; the decoder mirrors them (784-256-64-32-16).
     hidden: tuple[int, ...] = (256, 64, 32)
@@ -50,7 +57,7 @@ class LossConfig:
     reconstruction: str = "bernoulli"
     # Weight of the KL term (beta-VAE); 1 is the ELBO.
     beta: float = 1.0
-    # False: z = mu (no sampling) and the penalty is beta * mu^2 / 2, the seed's ablation.
+    # False: z = mu (no sampling) and the penalty is beta * mu^2 / 2, the KL article's ablation.
     # sampling = false with beta = 0 is a plain autoencoder.
     sampling: bool = True
 
@@ -253,7 +260,12 @@ def validate(config: Config) -> Config:
     need(_RUN_NAME.fullmatch(config.name) is not None, "name",
          f"is {reprlib.repr(config.name)}; it names the run directory: use 1 to 100 letters, digits, '.', '-' "
          "or '_', not starting with '.'")
-    need(m.kind in ("dense", "conv"), "model.kind", f"is {m.kind!r}; use 'dense' or 'conv'")
+    need(bool(m.kind) and m.kind.replace("_", "").isalnum(), "model.kind",
+         f"is {m.kind!r}; use 'dense' or 'conv' (vaescope.models.MODEL_KINDS)")
+    need(not m.factory or m.factory.count(":") == 1, "model.factory",
+         f"is {m.factory!r}; use package.module:function")
+    need(config.data.binarize in ("none", "dynamic", "static"), "data.binarize",
+         f"is {config.data.binarize!r}; use 'none', 'dynamic' or 'static'")
     need(config.data.max_bytes >= 1, "data.max_bytes",
          f"is {config.data.max_bytes}; give the most bytes a data file may hold, e.g. {DataConfig.max_bytes}")
     need(m.latent_dim >= 1, "model.latent_dim", f"is {m.latent_dim}; it must be at least 1")

@@ -3,7 +3,9 @@ the rest of vaescope relies on nothing else (see :class:`vaescope.objectives.Lat
 
 from __future__ import annotations
 
+import importlib
 import math
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -15,7 +17,7 @@ from .errors import VaescopeError
 class DenseVAE(nn.Module):
     """MLP encoder ``in-h1-...-hk-2D`` and mirrored decoder ``D-hk-...-h1-in``, ReLU between.
 
-    With ``hidden=(256, 64, 32)`` and ``latent_dim=16`` on MNIST this is the seed's 784-256-64-32-16.
+    With ``hidden=(256, 64, 32)`` and ``latent_dim=16`` on MNIST this is the sparsity article's 784-256-64-32-16.
     """
 
     def __init__(self, image_shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int) -> None:
@@ -88,10 +90,64 @@ class ConvVAE(nn.Module):
         return self.decoder(z)
 
 
+# The registry of model kinds: ``model.kind`` -> builder from (model config, image shape).
+# Adding a kind: a builder here and a preset in ``presets/``; nothing else.
+ModelBuilder = Callable[[ModelConfig, tuple[int, ...]], nn.Module]
+MODEL_KINDS: dict[str, ModelBuilder] = {
+    "dense": lambda m, shape: DenseVAE(shape, m.hidden, m.latent_dim),
+    "conv": lambda m, shape: ConvVAE(shape, m.conv_channels, m.conv_dense, m.latent_dim),
+}
+# A model object handed to ``train(config, out, model=...)``: its run records this kind, and
+# rebuilding it needs the object again (``load_run(dir, model=...)``).
+CUSTOM_KIND = "custom"
+
+
+def load_factory(reference: str) -> Callable[..., Any]:
+    """The function ``package.module:function`` names. This imports (runs) the user's module:
+    only ever called with a reference the user gave (``--model``, ``model.factory``)."""
+    module_name, sep, attribute = reference.partition(":")
+    if not sep or not module_name or not attribute:
+        raise VaescopeError(f"model factory {reference!r} is not of the form package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # the user's module may raise anything while importing
+        raise VaescopeError(f"model factory {reference!r}: cannot import {module_name!r} "
+                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                            "check the module path and that it is importable (PYTHONPATH)") from err
+    factory = module
+    for part in attribute.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise VaescopeError(f"model factory {reference!r}: {module_name!r} has no {attribute!r}; check the name")
+    if not callable(factory):
+        raise VaescopeError(f"model factory {reference!r} is not callable; name a function or class")
+    return factory
+
+
 def build_model(config: ModelConfig, image_shape: tuple[int, ...]) -> nn.Module:
-    """The model a :class:`ModelConfig` describes, for images of ``image_shape`` ``(C, H, W)``."""
-    if config.kind == "dense":
-        return DenseVAE(image_shape, config.hidden, config.latent_dim)
-    if config.kind == "conv":
-        return ConvVAE(image_shape, config.conv_channels, config.conv_dense, config.latent_dim)
-    raise VaescopeError(f"model.kind {config.kind!r} is unknown; use 'dense' or 'conv'")
+    """The model a :class:`ModelConfig` describes, for images of ``image_shape`` ``(C, H, W)``.
+
+    With ``config.factory`` (``package.module:function``) the user's function is imported and
+    called as ``factory(image_shape, config)``; it must return an ``nn.Module`` with ``encode``
+    and ``decode``.
+    """
+    if config.factory:
+        factory = load_factory(config.factory)
+        try:
+            model = factory(tuple(image_shape), config)
+        except Exception as err:  # the user's code
+            raise VaescopeError(f"model factory {config.factory!r} raised {type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}; fix the factory") from err
+        if not isinstance(model, nn.Module) or not callable(getattr(model, "encode", None)) \
+                or not callable(getattr(model, "decode", None)):
+            raise VaescopeError(f"model factory {config.factory!r} returned {type(model).__name__}; it must "
+                                "return an nn.Module with encode(x) -> (mu, logvar) and decode(z) -> logits")
+        return model
+    if config.kind == CUSTOM_KIND:
+        raise VaescopeError("this run was trained with a model object passed to train(); pass the same "
+                            "model again (train(..., model=...), load_run(dir, model=...))")
+    builder = MODEL_KINDS.get(config.kind)
+    if builder is None:
+        raise VaescopeError(f"model.kind {config.kind!r} is unknown; use one of: {', '.join(MODEL_KINDS)}, "
+                            "or model.factory = 'package.module:function' for a model of your own")
+    return builder(config, tuple(image_shape))

@@ -4,13 +4,14 @@ For a data point X with Gaussian posterior Q(z|X) = N(mu(X), sigma^2(X)) and pri
 
     -ELBO(X) = E_{z~Q} [-log P(X|z)] + beta * sum_j KL(N(mu_j, sigma_j^2) || N(0, 1))
 
-with the closed-form KL of Kingma & Welling (2014), Appendix B (the seed's KL article, eq. 2):
+with the closed-form KL of Kingma & Welling (2014), Appendix B (the KL article, eq. 2):
 
     KL_j = (mu_j^2 + sigma_j^2 - log sigma_j^2 - 1) / 2
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -57,6 +58,20 @@ def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str = "ber
     raise ValueError(f"unknown reconstruction kind {kind!r}")
 
 
+def log_likelihood(logits: torch.Tensor, x: torch.Tensor, kind: str = "bernoulli") -> torch.Tensor:
+    """log P(X|z), normalised, summed over pixels: ``(B, ...)`` logits and targets -> ``(B,)`` nats.
+
+    ``bernoulli``: minus the cross-entropy, a normalised likelihood for binary targets (on grey
+    levels it is the usual cross-entropy, not a probability of the data). ``gaussian``: the
+    density of N(sigmoid(logits), 1/2) that :func:`reconstruction_error`'s squared error implies,
+    -sum (x - m)^2 - (P / 2) log(pi) for P pixels.
+    """
+    error = reconstruction_error(logits, x, kind)
+    if kind == "gaussian":
+        error = error + 0.5 * x[0].numel() * math.log(math.pi)
+    return -error
+
+
 @dataclass
 class LossTerms:
     """One minibatch's objective: ``total`` is what is minimised (a scalar);
@@ -80,7 +95,7 @@ def loss_terms(
 
     With ``loss.sampling`` the decoder sees z = mu + sigma * eps (reparameterisation trick) and
     the regulariser is the KL; without it the decoder sees mu and the regulariser is mu^2 / 2
-    (the seed's "no sampling, quadratic penalty kept"). ``z_hook`` may transform z before
+    (the articles' "no sampling, quadratic penalty kept"). ``z_hook`` may transform z before
     decoding (add noise to a variable, silence others) for interventions.
     """
     mu, logvar = model.encode(x)

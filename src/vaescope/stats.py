@@ -5,9 +5,9 @@ For each latent variable j, over the data X:
 - ``mu_mean``        mean_X mu_j(X)
 - ``mu_variance``    Var_X mu_j(X): how much the code moves across the data
 - ``sigma2_mean``    mean_X sigma_j^2(X): the posterior variance the encoder reports
-- ``log_sigma2_mean`` mean_X log sigma_j^2(X) (the seed approximates it by log ``sigma2_mean``)
+- ``log_sigma2_mean`` mean_X log sigma_j^2(X) (the stationary-condition article approximates it by log ``sigma2_mean``)
 - ``kl_mean``        mean_X KL(Q(z_j|X) || N(0, 1)), nats
-- ``variance_law``   mu_variance + sigma2_mean, ~1 at convergence (the seed's condition (3))
+- ``variance_law``   mu_variance + sigma2_mean, ~1 at convergence (the article's condition (3))
 
 A variable is *inactive* when ``mu_variance`` is below a threshold (0.01, Burda et al. 2015);
 two other criteria from the literature are reported beside it: ``sigma2_mean`` above 0.8
@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from .adapters import as_latent_model
 from .config import StatsConfig
 from .objectives import LatentModel, kl_per_variable
 
@@ -44,7 +45,7 @@ class LatentStatistics:
 
     @property
     def variance_law(self) -> np.ndarray:
-        """Var_X(mu) + mean_X sigma^2: the seed's stationary condition says ~1."""
+        """Var_X(mu) + mean_X sigma^2: the stationary condition of A. Asperti's article says ~1."""
         return self.mu_variance + self.sigma2_mean
 
     @property
@@ -150,8 +151,9 @@ def latent_statistics(
 
     ``data``: images ``(N, C, H, W)`` (uint8 = value/255, or float in [0, 1]) as a NumPy array or
     tensor, or any iterable of such batches. Memory use depends on ``batch_size``, not on N.
-    ``model`` needs only ``encode(x) -> (mu, logvar)``.
+    ``model``: anything :func:`vaescope.as_latent_model` accepts (only its encoder is used).
     """
+    model = as_latent_model(model)
     if device is None:
         params = getattr(model, "parameters", None)
         first = next(iter(params()), None) if callable(params) else None

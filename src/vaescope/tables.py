@@ -6,9 +6,9 @@ from .stats import LatentStatistics
 
 
 def latent_table(stats: LatentStatistics, title: str | None = None) -> str:
-    """The seed's "Table 1": one row per variable, inactive rows marked.
+    """The articles' "Table 1": one row per variable, inactive rows marked.
 
-    Columns: Var(mu) and mean sigma^2 as in the seed, then their sum (the variance law), the
+    Columns: Var(mu) and mean sigma^2 as in the sparsity article, then their sum (the variance law), the
     mean KL, and the verdicts of the three activity criteria (``x`` = inactive by that criterion).
     """
     t = stats.thresholds

@@ -1,6 +1,6 @@
-"""Generation with inactive variables zeroed (the seed's sparsity article, Figure 2).
+"""Generation with inactive variables zeroed (the sparsity article, Figure 2).
 
-The seed shows digits decoded from normal samples of all variables above the same samples with
+The sparsity article shows digits decoded from normal samples of all variables above the same samples with
 the inactive variables set to 0, and calls them indistinguishable. To make that checkable we
 measure, over many samples, the mean absolute difference of the decoded pixel means
 (sigmoid of the logits, in [0, 1]) caused by zeroing the inactive variables, against a control:

@@ -1,4 +1,4 @@
-"""Sampling versus no sampling in a 3-D latent space (the seed's KL article, Figure 3).
+"""Sampling versus no sampling in a 3-D latent space (the KL article, Figure 3).
 
 The same 784-256-64-16-3 net is trained twice: as a VAE, and with z = mu and only the quadratic
 penalty mu^2/2 kept (``loss.sampling = false``). For each we take the codes (mu) of test digits,
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine import as_float
 from ..errors import VaescopeError
-from ..train import as_float
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Collapse of a latent variable by noise, and its recovery (the seed's sparsity article, Figure 3).
+"""Collapse of a latent variable by noise, and its recovery (the sparsity article, Figure 3).
 
 Start from a trained VAE. Pick an active variable j (by default the active one the decoder
 needs least: the smallest reconstruction gain). Then, one epoch at a time:
@@ -13,7 +13,7 @@ needs least: the smallest reconstruction gain). Then, one epoch at a time:
 
 Throughout, the variables that were inactive at the start are kept inactive: the z the decoder
 sees for them is fixed to 0, so they carry nothing and the network cannot hand j's role to a
-revived variable (the seed does the same). Gains are measured with the same zeroing
+revived variable (the sparsity article does the same). Gains are measured with the same zeroing
 (:func:`vaescope.experiments.reconstruction_gain.reconstruction_gain` with ``always_zero``).
 
 After every epoch we record j's reconstruction gain (test error with mu_j set to 0 minus the
@@ -23,6 +23,7 @@ error without; the code is mu), its mean KL, Var(mu_j) and mean sigma_j^2.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,11 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import LossConfig, StatsConfig
+from ..config import Config, LossConfig, StatsConfig, TrainConfig
+from ..engine import as_float, images_to_device, prepare_training, train_epoch
 from ..errors import VaescopeError
 from ..stats import latent_statistics
-from ..train import as_float, images_to_device, make_optimizer, train_epoch
 from .reconstruction_gain import reconstruction_gain
+
+log = logging.getLogger(__name__)
 
 PHASES = ("start", "noise", "hold", "recovery")
 
@@ -149,14 +152,12 @@ def noise_collapse(
     loss: LossConfig,
     settings: NoiseCollapseSettings = NoiseCollapseSettings(),
     thresholds: StatsConfig | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> NoiseCollapseResult:
     """Run the experiment on a copy of ``model`` (the caller's model is not changed).
 
     ``x_train``, ``x_test``: images ``(N, C, H, W)``; training uses all of ``x_train``, the
     measurements the first ``settings.eval_size`` images of ``x_test``.
     """
-    say = log or (lambda line: None)
     thresholds = thresholds or StatsConfig()
     started = time.perf_counter()
     model = copy.deepcopy(model)
@@ -166,9 +167,9 @@ def noise_collapse(
     variable, zeroed, _ = choose_variable(model, x_eval, loss.reconstruction, thresholds, settings.variable)
     dim = int(model.encode(as_float(x_eval[:1]))[0].shape[1])
 
-    optimizer = make_optimizer(model, settings.lr, device)
-    shuffle = torch.Generator().manual_seed(settings.seed)
-    sampling_noise = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    setup = prepare_training(Config(loss=loss, train=TrainConfig(seed=settings.seed, lr=settings.lr)),
+                             tuple(x_eval.shape[1:]), device, model=model)
+    optimizer, shuffle, sampling_noise = setup.optimizer, setup.shuffle, setup.noise
     added_noise = torch.Generator(device=device).manual_seed(settings.seed + 2)
 
     history: list[dict[str, Any]] = []
@@ -177,7 +178,7 @@ def noise_collapse(
         row = {"epoch": epoch, "phase": phase, "noise_std": noise_std, "seconds": seconds}
         row.update(_measure(model, x_eval, variable, zeroed, loss.reconstruction, thresholds))
         history.append(row)
-        say(f"noise collapse: epoch {epoch:3d} {phase:8s} noise {noise_std:.2f}  gain {row['gain']:7.3f}  "
+        log.info(f"noise collapse: epoch {epoch:3d} {phase:8s} noise {noise_std:.2f}  gain {row['gain']:7.3f}  "
             f"KL {row['kl']:6.3f}  Var(mu) {row['mu_variance']:.4f}  sigma^2 {row['sigma2_mean']:.3f}")
         return row
 

@@ -1,4 +1,4 @@
-"""Reconstruction gain per latent variable (the seed's sparsity article).
+"""Reconstruction gain per latent variable (the sparsity article).
 
 The gain of variable j is how much worse the decoder reconstructs the data when j is zeroed:
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine import as_float
 from ..objectives import LatentModel, reconstruction_error
-from ..train import as_float
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""The seed's Table 1: per latent variable, Var(mu), mean sigma^2 and the activity verdict.
+"""The sparsity article's Table 1: per latent variable, Var(mu), mean sigma^2 and the activity verdict.
 
 The numbers come from :func:`vaescope.stats.latent_statistics` over the test split; this module
-only arranges them into rows and sets them beside the counts the seed reports.
+only arranges them into rows and sets them beside the counts the articles report.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from ..stats import LatentStatistics
 
-# Inactive variables out of 16 in the seed's sparsity article: its Table 1 for the dense
+# Inactive variables out of 16 in the sparsity article: its Table 1 for the dense
 # 784-256-64-32-16 VAE, and the table for its convolutional VAE.
-SEED_INACTIVE_COUNTS: dict[str, int] = {"dense16": 8, "conv16": 3}
+ARTICLE_INACTIVE_COUNTS: dict[str, int] = {"dense16": 8, "conv16": 3}
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,24 @@ def variable_rows(stats: LatentStatistics) -> list[VariableRow]:
     ]
 
 
-def seed_comparison(model: str, inactive_count: int, latent_dim: int) -> dict[str, object]:
-    """Our inactive count beside the seed's (``None`` where the seed reports none for ``model``)."""
-    seed = SEED_INACTIVE_COUNTS.get(model)
-    return {"model": model, "ours": inactive_count, "seed": seed, "latent_dim": latent_dim,
-            "difference": None if seed is None else inactive_count - seed}
+@dataclass(frozen=True)
+class ArticleComparison:
+    """Our inactive count beside the articles' (``article`` None where they report none)."""
+
+    model: str
+    ours: int
+    article: int | None
+    latent_dim: int
+
+    @property
+    def difference(self) -> int | None:
+        return None if self.article is None else self.ours - self.article
+
+    def to_dict(self) -> dict[str, object]:
+        return {"model": self.model, "ours": self.ours, "article": self.article, "latent_dim": self.latent_dim,
+                "difference": self.difference}
+
+
+def article_comparison(model: str, inactive_count: int, latent_dim: int) -> ArticleComparison:
+    """Our inactive count beside the articles' for ``model`` (a preset name)."""
+    return ArticleComparison(model, inactive_count, ARTICLE_INACTIVE_COUNTS.get(model), latent_dim)

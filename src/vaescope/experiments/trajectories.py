@@ -1,19 +1,19 @@
-"""Trajectories in a 2-D latent space (the seed's KL article, Figures 1 and 2).
+"""Trajectories in a 2-D latent space (the KL article, Figures 1 and 2).
 
 A 2-D VAE is trained from scratch. Over the first ``record_epochs`` epochs, every
 ``record_every`` minibatches, we encode a fixed set of test digits (one per class by default)
 and record their mu and sigma^2: the paths they follow while the latent space organises itself.
 Then, with a model trained for ``epochs`` epochs (a ``vaescope train`` run of the same config),
 we encode more digits (six per class) for a snapshot of the final layout.
-The seed draws each digit as a circle of area ~ r^2 = sqrt(sigma_1^2 sigma_2^2), the geometric
+The KL article draws each digit as a circle of area ~ r^2 = sqrt(sigma_1^2 sigma_2^2), the geometric
 mean of the two variances; it starts near 1 (the prior) and shrinks fast.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,18 +22,19 @@ import torch
 
 from ..config import Config
 from ..data import Dataset
+from ..engine import as_float, images_to_device, prepare_training, select_device, train_epoch
 from ..errors import VaescopeError
-from ..models import build_model
-from ..train import as_float, images_to_device, make_optimizer, select_device, train_epoch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrajectorySettings:
-    # Epochs during which the tracked digits are recorded (the seed's video: the first one).
+    # Epochs during which the tracked digits are recorded (the KL article's video: the first one).
     record_epochs: int = 1
     # Minibatches between two recordings.
     record_every: int = 5
-    # Epochs of the model whose snapshot of digits is shown (the seed: 10).
+    # Epochs of the model whose snapshot of digits is shown (the KL article: 10).
     epochs: int = 10
     tracked_per_class: int = 1
     final_per_class: int = 6
@@ -100,15 +101,14 @@ def _encode(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.nda
     return mu.double().cpu().numpy(), logvar.double().exp().cpu().numpy()
 
 
-def record_trajectories(config: Config, dataset: Dataset, settings: TrajectorySettings = TrajectorySettings(),
-                        log: Callable[[str], None] | None = None) -> TrajectoryResult:
+def record_trajectories(config: Config, dataset: Dataset,
+                        settings: TrajectorySettings = TrajectorySettings()) -> TrajectoryResult:
     """Train the 2-D VAE ``config`` describes on ``dataset`` for ``settings.record_epochs`` epochs,
     recording the tracked digits; the snapshot fields stay empty (see :func:`add_final_layout`).
 
     The model is initialised, shuffled and sampled exactly as ``vaescope train`` does it, so the
     paths are those of the first epochs of a ``vaescope train`` run with the same config.
     """
-    say = log or (lambda line: None)
     if config.model.latent_dim != 2:
         raise VaescopeError(f"trajectories need a 2-D latent space, model.latent_dim is "
                             f"{config.model.latent_dim}; use the dense2 preset")
@@ -120,11 +120,8 @@ def record_trajectories(config: Config, dataset: Dataset, settings: TrajectorySe
     tracked_index = pick_per_class(labels, settings.tracked_per_class, settings.seed)
     tracked = images_to_device(dataset.x_test[tracked_index], device)
 
-    torch.manual_seed(t_cfg.seed)  # as vaescope.train does
-    model = build_model(config.model, dataset.image_shape).to(device)
-    optimizer = make_optimizer(model, t_cfg.lr, device)
-    shuffle = torch.Generator().manual_seed(t_cfg.seed)
-    noise = torch.Generator(device=device).manual_seed(t_cfg.seed + 1)
+    setup = prepare_training(config, dataset.image_shape, device)  # as vaescope.train does
+    model, optimizer, shuffle, noise = setup.model, setup.optimizer, setup.shuffle, setup.noise
     steps_per_epoch = math.ceil(len(x_train) / t_cfg.batch_size)
     last = settings.record_epochs * steps_per_epoch
 
@@ -146,7 +143,7 @@ def record_trajectories(config: Config, dataset: Dataset, settings: TrajectorySe
         t0 = time.perf_counter()
         step, means = train_epoch(model, optimizer, x_train, config.loss, t_cfg.batch_size, shuffle, noise,
                                   step, on_step=on_step)
-        say(f"trajectories: epoch {epoch + 1}/{settings.record_epochs} recorded ({len(steps)} frames)  "
+        log.info(f"trajectories: epoch {epoch + 1}/{settings.record_epochs} recorded ({len(steps)} frames)  "
             f"{time.perf_counter() - t0:4.1f}s  loss {means['loss']:.2f}")
     empty = np.zeros((0, 2))
     return TrajectoryResult(

@@ -1,4 +1,4 @@
-"""The variance law and the stationary condition behind it (the seed's stationary-condition article).
+"""The variance law and the stationary condition behind it (the stationary-condition article).
 
 If a network keeps the ratio rho^2 = sigma^2 / mu^2 fixed, the KL of one variable becomes a function
 of sigma^2 alone, eq. (1):
@@ -122,7 +122,7 @@ class VarianceLaw:
     law: np.ndarray              # Var(mu) + mean sigma^2
     deviation: np.ndarray        # law - 1
     mean_log_sigma2: np.ndarray  # what the KL averages
-    log_mean_sigma2: np.ndarray  # the seed's approximation of it
+    log_mean_sigma2: np.ndarray  # the article's approximation of it
     active: np.ndarray
 
     @property
@@ -131,7 +131,7 @@ class VarianceLaw:
 
     @property
     def jensen_gap(self) -> np.ndarray:
-        """log(mean sigma^2) - mean(log sigma^2) >= 0: the error of the seed's approximation."""
+        """log(mean sigma^2) - mean(log sigma^2) >= 0: the error of the article's approximation."""
         return self.log_mean_sigma2 - self.mean_log_sigma2
 
     def to_dict(self) -> dict[str, object]:

@@ -1,7 +1,7 @@
-"""Variance of each latent variable along training (the seed's sparsity article, Figure 1).
+"""Variance of each latent variable along training (the sparsity article, Figure 1).
 
 Training records, every few minibatches, Var(mu_j) and mean sigma_j^2 over a fixed held-out subset
-(:class:`vaescope.train.Trace`). This module turns that record into arrays indexed by minibatch
+(:class:`vaescope.rundir.Trace`). This module turns that record into arrays indexed by minibatch
 and finds, per variable, the minibatch from which Var(mu_j) stays below the inactivity threshold.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..train import Trace
+from ..rundir import Trace
 
 
 @dataclass(frozen=True)

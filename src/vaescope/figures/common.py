@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from ..storage import atomic_write_bytes
 
 ACTIVE_COLOR = "#1f5fa8"    # blue: active variables
-INACTIVE_COLOR = "#d62728"  # red: inactive variables, as the seed highlights them
+INACTIVE_COLOR = "#d62728"  # red: inactive variables, as the sparsity article highlights them
 NEUTRAL_COLOR = "#555555"
 DPI = 110
 

@@ -33,7 +33,7 @@ def _class_colour(label: int) -> str:
 
 
 def circle_radius(sigma2: np.ndarray) -> np.ndarray:
-    """r with r^2 = sqrt(sigma_1^2 sigma_2^2), the seed's circle size: ``(..., 2)`` -> ``(...)``."""
+    """r with r^2 = sqrt(sigma_1^2 sigma_2^2), the KL article's circle size: ``(..., 2)`` -> ``(...)``."""
     return np.sqrt(np.sqrt(sigma2[..., 0] * sigma2[..., 1]))
 
 

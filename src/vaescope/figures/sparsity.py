@@ -114,7 +114,7 @@ def log_variance_figure(laws: Mapping[str, VarianceLaw]) -> Figure:
     span = [min(lows) - 0.3, max(highs) + 0.3]
     ax.plot(span, span, color=NEUTRAL_COLOR, ls="--", lw=1)
     handles += [Patch(color=ACTIVE_COLOR, label="active"), Patch(color=INACTIVE_COLOR, label="inactive"),
-                Line2D([], [], color=NEUTRAL_COLOR, ls="--", label="equal (the seed's approximation)")]
+                Line2D([], [], color=NEUTRAL_COLOR, ls="--", label="equal (the article's approximation)")]
     ax.set_xlabel("log(mean_X sigma_j^2)")
     ax.set_ylabel("mean_X log sigma_j^2")
     ax.grid(alpha=0.3)
@@ -167,7 +167,7 @@ def no_kl_figure(mu_variances: Mapping[str, np.ndarray], gains: Mapping[str, np.
 
 def run_to_run_figure(spreads: Mapping[str, CountSpread], seed_counts: Mapping[str, int],
                       latent_dim: int) -> Figure:
-    """Inactive count per seed for each model (dots), with the seed article's count (cross)."""
+    """Inactive count per seed for each model (dots), with the articles' count (cross)."""
     fig = new_figure(1.8 + 1.6 * len(spreads), 3.8)
     ax = fig.subplots()
     names = list(spreads)
@@ -177,7 +177,7 @@ def run_to_run_figure(spreads: Mapping[str, CountSpread], seed_counts: Mapping[s
         ax.scatter(x + jitter, counts, color=ACTIVE_COLOR, zorder=3, label="ours, one per seed" if x == 0 else None)
         if name in seed_counts:
             ax.scatter([x], [seed_counts[name]], marker="x", s=80, color=INACTIVE_COLOR, zorder=4,
-                       label="seed article" if name == next(n for n in names if n in seed_counts) else None)
+                       label="article" if name == next(n for n in names if n in seed_counts) else None)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
     ax.set_xlim(-0.6, len(names) - 0.4)

@@ -1,4 +1,4 @@
-"""The dynamic experiments of ``vaescope reproduce`` (issue 4): the latent space while it moves.
+"""The dynamic experiments of ``vaescope reproduce``: the latent space while it moves.
 
 Steps, in order: a variable of dense16 driven to collapse by noise and left to recover; the 3-D
 net trained with and without sampling (codes, generations from five slices, coverage numbers);
@@ -9,17 +9,21 @@ block (``noise_collapse``, ``kl_ablation``, ``trajectories``), figures and a rep
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .experiments.kl_ablation import KLAblationSettings, ablation_arm
-from .experiments.noise_collapse import NoiseCollapseSettings, noise_collapse
-from .experiments.trajectories import TrajectorySettings, add_final_layout, record_trajectories
-from .figures import dynamics as figs
-from .report import Image, Paragraph, Section, Table
-from .reproduce import Context, Settings, Step
+from ..experiments.kl_ablation import KLAblationSettings, ablation_arm
+from ..experiments.noise_collapse import NoiseCollapseSettings, noise_collapse
+from ..experiments.trajectories import TrajectorySettings, add_final_layout, record_trajectories
+from ..figures import dynamics as figs
+from ..report import Image, Paragraph, Section, Table
+from .context import Context, Settings, Step
+from .text import architecture
+
+log = logging.getLogger(__name__)
 
 ANIMATION = "figures/trajectories.gif"
 
@@ -63,7 +67,7 @@ def noise_collapse_step(ctx: Context) -> None:
     settings = dynamic_settings(ctx.settings.quick).noise
     tr = ctx.trained("dense16", ctx.seeds[0])
     intro = Paragraph(
-        f"As in the seed's sparsity article (Figure 3): starting from dense16 (seed {tr.seed}, "
+        f"As in the sparsity article (Figure 3): starting from dense16 (seed {tr.seed}, "
         f"{tr.run.config.train.epochs} epochs), Gaussian noise is added to one active variable's sampled z and "
         f"its std raised by {settings.noise_step:g} before each epoch of training, until the variable's "
         "reconstruction gain (test error with mu_j set to 0 minus the error without) falls below its mean KL. "
@@ -80,7 +84,7 @@ def noise_collapse_step(ctx: Context) -> None:
             intro, Paragraph("Skipped: the dense16 model has no active variable.")]))
         return
     result = noise_collapse(tr.run.model, ctx.dataset.x_train, ctx.dataset.x_test, tr.run.config.loss, settings,
-                            tr.run.config.stats, log=ctx.log)
+                            tr.run.config.stats)
     ctx.results["noise_collapse"] = {
         "variable": result.variable,
         "collapsed": result.collapsed,
@@ -171,7 +175,7 @@ def kl_ablation_step(ctx: Context) -> None:
     epochs = runs["with sampling"].run.config.train.epochs
     codes = ctx.figure(figs.kl_ablation_codes_figure(arms), "kl_ablation_codes",
                        f"mu of {len(next(iter(arms.values())).codes)} test digits in the 3-D latent space of the "
-                       f"784-256-64-16-3 net ({epochs} epochs), coloured by class: a 3-D view and the three "
+                       f"{architecture(runs['with sampling'].run.config, ctx.dataset.image_shape)} net ({epochs} epochs), coloured by class: a 3-D view and the three "
                        "projections. Dashed: radius 2 of the prior N(0, I).")
     slices = ctx.figure(figs.kl_ablation_generations_figure(arms), "kl_ablation_slices",
                         "Digits decoded from five horizontal slices of the latent space (five levels of z3, the "
@@ -180,7 +184,8 @@ def kl_ablation_step(ctx: Context) -> None:
              f"{arm.fitted_kl:.3f}", ", ".join(f"{s:.3f}" for s in np.sqrt(np.diag(arm.fitted_cov))),
              _g(runs[name].metrics[-1]["test_reconstruction"], 4)] for name, arm in arms.items()]
     ctx.sections.append(Section("kl-ablation", "Sampling versus no sampling in a 3-D latent space", [
-        Paragraph("As in the seed's KL article (Figure 3): the dense 784-256-64-16-3 net trained as a VAE, and "
+        Paragraph(f"As in the KL article (Figure 3): the dense "
+                  f"{architecture(runs['with sampling'].run.config, ctx.dataset.image_shape)} net trained as a VAE, and "
                   "trained with z = mu and only the quadratic penalty mu^2/2 kept (`loss.sampling = false`). "
                   "Coverage as numbers: the mean distance from "
                   f"{settings.n_prior} samples of the prior N(0, I) to their nearest code (beside it, the same "
@@ -199,9 +204,9 @@ def trajectories_step(ctx: Context) -> None:
     settings = dynamic_settings(ctx.settings.quick).trajectory
     seed = ctx.seeds[0]
     config = ctx.config_for("dense2", seed, epochs=settings.epochs, overrides=DENSE2)
-    ctx.log(f"trajectories: recording {settings.record_epochs} epoch(s) of dense2 every "
-            f"{settings.record_every} minibatches")
-    recorded = record_trajectories(config, ctx.dataset, settings, log=ctx.log)
+    log.info("trajectories: recording %d epoch(s) of dense2 every %d minibatches", settings.record_epochs,
+             settings.record_every)
+    recorded = record_trajectories(config, ctx.dataset, settings)
     tr = ctx.trained("dense2", seed, epochs=settings.epochs, overrides=DENSE2)
     result = add_final_layout(recorded, tr.run.model, ctx.dataset, tr.run.config.train.epochs, settings)
     figs.save_animation(figs.trajectories_animation(result), ctx.out / ANIMATION)
@@ -217,7 +222,7 @@ def trajectories_step(ctx: Context) -> None:
     }
     paths = ctx.figure(figs.trajectories_figure(result), "trajectories",
                        f"{len(result.labels)} test digits (one per class) in the 2-D latent space of the "
-                       f"784-256-64-16-2 net, recorded every {settings.record_every} minibatches over "
+                       f"{architecture(tr.run.config, ctx.dataset.image_shape)} net, recorded every {settings.record_every} minibatches over "
                        + ("the first epoch" if settings.record_epochs == 1 else f"the first {settings.record_epochs} epochs")
                        + "; trails fade from old to new; circles have "
                        "r^2 = sqrt(sigma_1^2 sigma_2^2).")
@@ -226,7 +231,7 @@ def trajectories_step(ctx: Context) -> None:
                        f"{result.epochs} epochs: circles at mu with r^2 = sqrt(sigma_1^2 sigma_2^2). "
                        "Dashed: radius 2 of the prior.")
     ctx.sections.append(Section("trajectories", "Trajectories in a 2-D latent space", [
-        Paragraph("As in the seed's KL article (Figures 1 and 2). The digits' paths come from the first epochs of "
+        Paragraph("As in the KL article (Figures 1 and 2). The digits' paths come from the first epochs of "
                   f"the same training run (same seed, data order and noise) as the {result.epochs}-epoch model of "
                   "the second figure."),
         paths,
