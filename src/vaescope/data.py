@@ -314,8 +314,9 @@ def _one_line(err: BaseException) -> str:
 def too_large(path: str | os.PathLike[str], promise: str, size: int, limit: int) -> VaescopeError:
     """The refusal of a data file that promises more than ``data.max_bytes``, naming the fix."""
     suggest = 2 ** math.ceil(math.log2(size))
+    amount = format_bytes(size) if size < 1024 else f"{format_bytes(size)} ({size} bytes)"
     return VaescopeError(
-        f"{path}: {promise} {format_bytes(size)} ({size} bytes), more than data.max_bytes = {format_bytes(limit)}; "
+        f"{path}: {promise} {amount}, more than data.max_bytes = {format_bytes(limit)}; "
         f"if the data is genuine raise the limit with --set data.max_bytes={suggest}, else re-create the file"
     )
 
