@@ -19,9 +19,10 @@ from .config import Config
 from .data import Dataset, load_dataset
 from .errors import VaescopeError
 from .stats import LatentStatistics, latent_statistics
+from .sweep import sweep  # the function: binding it here keeps `vaescope.sweep` callable after the module loads
 
 __all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "Run", "VaescopeError", "as_latent_model",
-           "inspect", "latent_statistics", "load_dataset", "load_run"]
+           "inspect", "latent_statistics", "load_dataset", "load_run", "sweep"]
 
 _LAZY = {"LatentMonitor": "monitor", "inspect": "inspection"}  # these import matplotlib / the run files
 

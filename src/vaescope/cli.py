@@ -197,13 +197,33 @@ def presets() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: runs/reproduce-quick or runs/reproduce-full].")
 @click.option("--quiet", is_flag=True, help="No progress bars (epoch lines are still printed).")
-def reproduce(quick: bool, seeds: int, out: Path | None, quiet: bool) -> None:
+@click.option("--wait", is_flag=True, help="If another reproduce is writing into --out, wait for it to finish.")
+def reproduce(quick: bool, seeds: int, out: Path | None, quiet: bool, wait: bool) -> None:
     """Reproduce the articles' experiments on MNIST: report.html, report.md, figures, results.json."""
     from .reproduce import make_settings
     from .reproduce import reproduce as run_reproduce
 
     settings = make_settings(quick=quick, seeds=seeds, progress=not quiet)
-    run_reproduce(settings, out or Path("runs") / f"reproduce-{settings.mode}")
+    run_reproduce(settings, out or Path("runs") / f"reproduce-{settings.mode}", wait=wait)
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+def verify(run: Path) -> None:
+    """Check the files of a finished RUN against the SHA-256 its manifest.json records."""
+    from .manifest import MANIFEST_FILE, verify_run
+
+    if not run.is_dir():
+        raise VaescopeError(f"run directory {run} does not exist; check the path")
+    result = verify_run(run)
+    if not result.has_manifest:
+        raise VaescopeError(f"{run} has no {MANIFEST_FILE}: the run is unfinished, or was written before vaescope "
+                            f"recorded manifests; 'vaescope train --out {run} --resume' finishes it and writes one")
+    for line in result.problems:
+        click.echo(f"Error: {line}", err=True)
+    if result.problems:
+        sys.exit(2)
+    click.echo(f"{run}: {len(result.matching)} files match {MANIFEST_FILE} ({', '.join(result.matching)})")
 
 
 @main.command()
@@ -218,6 +238,67 @@ def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: 
 
     result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+
+
+@main.command()
+@click.option("--preset", help="Named config the runs start from, e.g. dense16.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A TOML file overriding the preset.")
+@click.option("--grid", "grid_texts", multiple=True, metavar="KEY=V1,V2,...",
+              help="Values of one config key to sweep, e.g. --grid model.latent_dim=2,4,8,16 (repeatable: the product).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Random seeds per point (0, 1, ...).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs of every run (train.epochs).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key of every run.")
+@click.option("--data", help="Dataset: mnist, fashion-mnist, synthetic:factors=K, an IDX directory or an .npz file.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="Local worker processes [one per core].")
+@click.option("--threads-per-worker", "threads", type=click.IntRange(min=0), default=0,
+              help="Torch threads of each worker (or CPUs of each Ray task) [cores / workers].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run the runs as Ray tasks: on the cluster at ADDRESS, or alone: a local Ray instance.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Sweep folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sweep(preset: str | None, config_file: Path | None, grid_texts: tuple[str, ...], seeds: int, epochs: int | None,
+          overrides: tuple[str, ...], data: str | None, workers: int, threads: int, ray_address: str | None,
+          out: Path, quiet: bool) -> None:
+    """Train a grid of configs x seeds (local workers or Ray); sweep.json, sweep.csv, report.html."""
+    from .sweep import parse_grid
+    from .sweep import sweep as run_sweep
+
+    if preset is None and config_file is None:
+        raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) unless --config is given")
+    cfg = config_mod.resolve(preset, config_file, overrides, **{"data.source": data, "train.epochs": epochs})
+    rows = run_sweep(cfg, out, parse_grid(grid_texts), seeds=seeds, workers=workers, threads=threads,
+                     ray=ray_address, progress=not quiet)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        raise VaescopeError(f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['run']}: {failed[0]['error']}); "
+                            f"see {out / 'sweep.json'}, and run the same command again to retry them")
+    click.echo(f"swept {len(rows)} runs into {out}; open {out / 'report.html'}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The pruned run directory.")
+@click.option("--criterion", type=click.Choice(["mu_variance", "sigma2", "kl"]), default="mu_variance", show_default=True,
+              help="Which variables are inactive: Var(mu) < T (the verdict), mean sigma^2 > T, or mean KL < T.")
+@click.option("--mu-variance-threshold", type=float, help="Inactive when Var(mu) is below this [run's config: 0.01].")
+@click.option("--sigma2-threshold", type=float, help="With --criterion sigma2: mean sigma^2 above this [0.8].")
+@click.option("--kl-threshold", type=float, help="With --criterion kl: mean KL below this, nats [0.01].")
+def prune(run: Path, out: Path, criterion: str, mu_variance_threshold: float | None, sigma2_threshold: float | None,
+          kl_threshold: float | None) -> None:
+    """Write a smaller copy of RUN without its inactive latent variables, and prune.json."""
+    import dataclasses
+
+    from .checkpoint import load_run
+    from .prune import describe, prune_run
+
+    loaded = load_run(run)
+    given = {"mu_variance_threshold": mu_variance_threshold, "sigma2_threshold": sigma2_threshold,
+             "kl_threshold": kl_threshold}
+    thresholds = config_mod.validate(dataclasses.replace(
+        loaded.config, stats=dataclasses.replace(loaded.config.stats, **{k: v for k, v in given.items() if v is not None})
+    )).stats
+    click.echo(describe(prune_run(run, out, criterion=criterion, thresholds=thresholds)))
 
 
 if __name__ == "__main__":  # pragma: no cover

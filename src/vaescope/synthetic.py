@@ -35,6 +35,8 @@ from __future__ import annotations
 import io
 import re
 import sys
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +158,7 @@ def _read_cache(path: Path, k: int) -> dict[str, np.ndarray] | None:
     try:
         with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in ("x_train", "x_test", "factors_train", "factors_test")}
-    except (OSError, ValueError, KeyError, EOFError, Exception):  # a damaged cache is rebuilt
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):  # a damaged cache is rebuilt
         return None
     shapes = {"x_train": (N_TRAIN, 1, SIDE, SIDE), "x_test": (N_TEST, 1, SIDE, SIDE),
               "factors_train": (N_TRAIN, k), "factors_test": (N_TEST, k)}

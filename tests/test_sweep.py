@@ -1,0 +1,214 @@
+"""Sweeps on tiny data: every run an ordinary run directory equal to `train`'s, reuse, the lock, a
+failed run retried once, Ray, and a killed sweep finished with the same weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_OVERRIDES
+
+from vaescope import config as config_mod
+from vaescope.checkpoint import load_checkpoint, load_run
+from vaescope.cli import main as cli
+from vaescope.errors import VaescopeError
+from vaescope.rundir import run_statistics
+from vaescope.storage import directory_lock
+from vaescope.sweep import DataBundle, RunSpec, expand, parse_grid, point_name, run_one, sweep
+from vaescope.train import train
+
+GRID = {"model.latent_dim": [1, 3]}
+
+
+def weights(run_dir: Path) -> bytes:
+    return (run_dir / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, tiny_npz):
+    """2 latent sizes x 2 seeds on 2 local workers of 1 thread."""
+    cfg = config_mod.resolve("dense16", overrides=[*TINY_OVERRIDES, f"data.source={tiny_npz}"])
+    out = tmp_path_factory.mktemp("sweep")
+    rows = sweep(cfg, out, GRID, seeds=2, workers=2, threads=1, progress=False)
+    return cfg, out, rows
+
+
+def test_grid_is_parsed_and_bad_grids_refused_in_one_line(tiny_config, tmp_path):
+    assert parse_grid(["model.latent_dim=2, 4,8", "loss.beta=0.5,1", "model.hidden=[8]"]) == {
+        "model.latent_dim": [2, 4, 8], "loss.beta": [0.5, 1], "model.hidden": [[8]]}
+    cases = {
+        ("model.latent_dim=",): "--grid model.latent_dim has an empty value list",
+        ("model.latent_dim=2,,4",): "empty value",
+        ("model.latent_dim",): "not of the form section.key=v1,v2",
+        ("model.latent_dim=2", "model.latent_dim=4"): "given twice",
+        ("train.seed=1,2",): "--seeds",
+        ("model.latent_dim=2,2",): "lists a value twice",
+    }
+    for texts, message in cases.items():
+        with pytest.raises(VaescopeError, match=message):
+            parse_grid(list(texts))
+    for texts, message in {("model.latnt_dim=2",): "unknown key 'model.latnt_dim'",
+                           ("model.latent_dim=2,big",): "model.latent_dim must be an integer, got 'big'",
+                           ("loss.beta=-1",): "loss.beta is -1.0"}.items():
+        with pytest.raises(VaescopeError, match=message) as err:
+            expand(tiny_config, parse_grid(list(texts)), [0], tmp_path, threads=1)
+        assert "\n" not in str(err.value) and str(err.value).startswith("--grid ")
+    result = CliRunner().invoke(cli, ["sweep", "--preset", "dense16", "--grid", "model.latent_dim=4,x",
+                                      "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert not (tmp_path / "never").exists()  # refused before anything was written
+
+
+def test_point_names():
+    assert point_name({"model.latent_dim": 8, "loss.beta": 0.5}, "dense16") == "latent_dim8-beta0.5"
+    assert point_name({}, "dense16") == "dense16"
+    assert point_name({"model.hidden": [64, 32], "data.source": "synthetic:factors=3"}, "x") == \
+        "hidden64x32-sourcesynthetic_factors_3"
+    assert point_name({"train.lr": 0.1, "model.lr": 1}, "x") == "train_lr0.1-model_lr1"
+
+
+def test_every_run_is_an_ordinary_run_equal_to_train(local_sweep, tmp_path):
+    cfg, out, rows = local_sweep
+    assert [r["run"] for r in rows] == ["latent_dim1-seed0", "latent_dim1-seed1", "latent_dim3-seed0", "latent_dim3-seed1"]
+    for row in rows:
+        run_dir = out / "runs" / row["run"]
+        assert row["status"] == "trained" and row["attempts"] == 1
+        run = load_run(run_dir)
+        assert run.config.model.latent_dim == row["model.latent_dim"] == row["latent_dim"]
+        assert run.config.train.seed == row["seed"] and run.config.train.threads == 1
+        stats = run_statistics(run, write=False)
+        assert row["active_mu_variance"] == int(stats.active.sum())
+        assert row["inactive_kl"] == int(stats.inactive_by_kl.sum())
+        assert row["variance_law_max_abs_dev"] == pytest.approx(stats.variance_law_max_abs_dev)
+        assert (run_dir / "stats-test.json").is_file()
+    # a sweep point is exactly the run `train` makes of the same config
+    reference = config_mod.replace(cfg, **{"model.latent_dim": 3, "train.seed": 1})
+    train(reference, tmp_path / "alone", progress=False)
+    assert weights(tmp_path / "alone") == weights(out / "runs" / "latent_dim3-seed1")
+
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    assert saved["grid"] == {"model.latent_dim": [1, 3]} and saved["seeds"] == [0, 1]
+    assert {r["group"] == {} for r in saved["intrinsic_dimension"]} == {True}
+    reading = saved["intrinsic_dimension"][0]["mu_variance"]
+    assert reading["latent_sizes"] == [1, 3]
+    with (out / "sweep.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["run"] for r in table] == [r["run"] for r in rows]
+    assert [int(r["active_mu_variance"]) for r in table] == [r["active_mu_variance"] for r in rows]
+    html = (out / "report.html").read_text()
+    assert "The intrinsic dimension" in html and "data:image/png;base64," in html
+
+
+def test_finished_runs_are_reused_and_the_folder_is_locked(local_sweep):
+    cfg, out, rows = local_sweep
+    before = {r["run"]: weights(out / "runs" / r["run"]) for r in rows}
+    again = sweep(cfg, out, GRID, seeds=2, workers=2, threads=1, progress=False, report=False)
+    assert {r["status"] for r in again} == {"reused"}
+    assert {k: v for k, v in again[0].items() if k != "status"} == {k: v for k, v in rows[0].items() if k != "status"}
+    assert {r["run"]: weights(out / "runs" / r["run"]) for r in again} == before
+    with directory_lock(out, what="sweep folder"), \
+            pytest.raises(VaescopeError, match=f"sweep folder .* is in use by process {os.getpid()}"):
+        sweep(cfg, out, GRID, seeds=2, progress=False)
+    other = config_mod.replace(cfg, **{"train.epochs": 4})
+    with pytest.raises(VaescopeError, match="holds a run of another config \\(train.epochs differ\\)"):
+        sweep(other, out, GRID, seeds=2, progress=False)
+
+
+def test_a_failed_run_is_retried_once_and_the_others_go_on(tiny_config, tmp_path, caplog):
+    blocked = tmp_path / "runs" / "latent_dim1-seed0"
+    with directory_lock(blocked):  # another process is training this run
+        rows = sweep(tiny_config, tmp_path, GRID, seeds=1, workers=2, threads=1, progress=False, report=False)
+    failed, ok = rows[0], rows[1]
+    assert failed["status"] == "failed" and failed["attempts"] == 2
+    assert f"is in use by process {os.getpid()}" in failed["error"]
+    assert ok["status"] == "trained" and (tmp_path / "runs" / ok["run"] / "model.safetensors").is_file()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vaescope.sweep"]
+    assert any("latent_dim1-seed0 failed" in w and "once more" in w for w in warnings)
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"][0]["status"] == "failed"
+    # the next sweep trains what failed and reuses the rest
+    again = sweep(tiny_config, tmp_path, GRID, seeds=1, workers=2, threads=1, progress=False, report=False)
+    assert [r["status"] for r in again] == ["trained", "reused"]
+
+
+def test_known_factors_are_matched_to_active_variables(tiny_config, tmp_path, tiny_dataset):
+    # the bar position of the tiny images as a known factor
+    bundle = DataBundle(tiny_dataset, ("bar_position",), tiny_dataset.y_test[:, None].astype(np.float32))
+    cfg = config_mod.replace(tiny_config, **{"train.epochs": 6, "model.latent_dim": 2})
+    row = run_one(RunSpec("factor-seed0", {}, 0, cfg, str(tmp_path / "run")), bundle)
+    factors = row["factors"]
+    assert factors["names"] == ["bar_position"] and np.array(factors["correlation"]).shape == (2, 1)
+    match = factors["matches"][0]
+    assert match["variable"] in row["active_variables"]
+    mu = load_run(tmp_path / "run").model.encode(
+        __import__("torch").as_tensor(tiny_dataset.x_test).float() / 255)[0].detach().numpy()
+    expected = np.corrcoef(mu[:, match["variable"]], tiny_dataset.y_test)[0, 1]
+    assert match["correlation"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_ray_runs_the_same_runs(local_sweep, tmp_path):
+    pytest.importorskip("ray")
+    cfg, out, rows = local_sweep
+    ray_rows = sweep(cfg, tmp_path, GRID, seeds=2, threads=1, ray="local", progress=False)
+    assert [r["status"] for r in ray_rows] == ["trained"] * 4
+    for row in ray_rows:
+        assert weights(tmp_path / "runs" / row["run"]) == weights(out / "runs" / row["run"])
+    keep = ("active_mu_variance", "test_loss", "variance_law_max_abs_dev")
+    assert [[r[k] for k in keep] for r in ray_rows] == [[r[k] for k in keep] for r in rows]
+
+
+def sweep_command(npz: Path, out: Path, epochs: int) -> list[str]:
+    sets = [a for o in TINY_OVERRIDES if not o.startswith("train.epochs") for a in ("--set", o)]
+    return ["sweep", "--preset", "dense16", *sets, "--data", str(npz), "--epochs", str(epochs),
+            "--grid", "model.latent_dim=2,3", "--seeds", "2", "--workers", "2", "--threads-per-worker", "1",
+            "--out", str(out), "--quiet"]
+
+
+def latest_epoch(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "checkpoints" / "latest.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_finishes_with_the_weights_of_an_uninterrupted_one(tmp_path, tiny_npz):
+    epochs = 12
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "vaescope.cli", *sweep_command(tiny_npz, killed, epochs)]
+    with open(tmp_path / "child.log", "w") as child_log:
+        child = subprocess.Popen(command, stdout=child_log, stderr=subprocess.STDOUT, start_new_session=True)
+    first = killed / "runs" / "latent_dim2-seed0"
+    deadline = time.monotonic() + 180
+    try:
+        while not 2 <= latest_epoch(first) <= epochs - 4:  # in the middle of its training
+            assert child.poll() is None, (tmp_path / "child.log").read_text()
+            assert time.monotonic() < deadline, "the sweep never started training"
+            time.sleep(0.005)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the sweep and its workers, as a closed terminal would
+        child.wait()
+    interrupted = [d for d in (killed / "runs").iterdir() if not (d / "model.safetensors").exists()]
+    assert first in interrupted
+    result = CliRunner().invoke(cli, sweep_command(tiny_npz, killed, epochs))
+    assert result.exit_code == 0, result.output
+    rows = json.loads((killed / "sweep.json").read_text())["rows"]
+    assert {r["status"] for r in rows if Path(r["run_dir"]) in interrupted} <= {"resumed", "trained"}
+    assert next(r for r in rows if r["run"] == first.name)["status"] == "resumed"
+
+    reference = tmp_path / "reference"
+    assert CliRunner().invoke(cli, sweep_command(tiny_npz, reference, epochs)).exit_code == 0
+    for row in rows:
+        name = row["run"]
+        assert weights(killed / "runs" / name) == weights(reference / "runs" / name), name
+        assert load_checkpoint(killed / "runs" / name).meta["epoch"] == epochs
