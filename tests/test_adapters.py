@@ -10,6 +10,8 @@ from torch.distributions import Bernoulli, Independent, Normal
 import vaescope
 from vaescope.adapters import LatentModelAdapter, as_latent_model, fold, variable_position
 from vaescope.errors import VaescopeError
+from vaescope.experiments.generation import generation_check
+from vaescope.experiments.reconstruction_gain import reconstruction_gain
 from vaescope.models import DenseVAE
 from vaescope.objectives import reconstruction_error
 
@@ -161,8 +163,8 @@ def test_refusals_are_one_line(x):
     encode_only = as_latent_model(encode_fn=lambda v: (v.flatten(1), v.flatten(1)))
     with pytest.raises(VaescopeError, match="has no decode"):
         encode_only.decode(torch.zeros(2, 64))
-    with pytest.raises(VaescopeError, match="unknown before its first encode"):
-        as_latent_model(encode_fn=lambda v: (v, v), decode_fn=lambda z: z).decode(torch.zeros(2, 3))
+    with pytest.raises(VaescopeError, match=r"expected \(B, 4\)"):
+        as_latent_model(encode_fn=lambda v: (v, v), decode_fn=lambda z: z, latent_shape=(4,)).decode(torch.zeros(2, 3))
     with pytest.raises(VaescopeError, match="decoder_output"):
         as_latent_model(encode_fn=lambda v: (v, v), decoder_output="probabilities")  # type: ignore[arg-type]
 
@@ -187,3 +189,9 @@ def test_every_analysis_accepts_the_forms_alike(x):
         assert np.allclose(other.mu_variance, plain.mu_variance) and np.allclose(other.sigma2_mean, plain.sigma2_mean,
                                                                                  rtol=1e-5)
     assert isinstance(as_latent_model(model), LatentModelAdapter)
+    pair = (model.encode, model.decode)  # the interventions decode too
+    assert np.array_equal(reconstruction_gain(pair, x).gain, reconstruction_gain(model, x).gain)
+    active = np.array([True, True, False, False])
+    check = generation_check(pair, active, plain.kl_mean, n_samples=50)
+    assert check.to_dict() == generation_check(model, active, plain.kl_mean, n_samples=50).to_dict()
+    assert check.inactive_zeroed_mean_abs_diff > 0

@@ -153,12 +153,11 @@ class LatentModelAdapter(nn.Module):
         if self._decode_fn is None:
             raise VaescopeError(f"{self.kind} has no decode(z); this analysis decodes codes, give the model a decode "
                                 "method or use vaescope.as_latent_model(encode_fn=..., decode_fn=...)")
-        if self.latent_shape is None:
-            raise VaescopeError(f"the latent shape of {self.kind} is unknown before its first encode; pass "
-                                "latent_shape=... to vaescope.as_latent_model")
-        if z.ndim != 2 or z.shape[1] != self.latent_dim:
-            raise VaescopeError(f"decode got codes of shape {tuple(z.shape)}; expected (B, {self.latent_dim})")
-        out, is_logits = _likelihood(self._decode_fn(z.reshape(len(z), *self.latent_shape)),
+        # before any encode, with no shape given or known, the latents are taken to be flat
+        shape = self.latent_shape or (int(z.shape[-1]),)
+        if z.ndim != 2 or z.shape[1] != math.prod(shape):
+            raise VaescopeError(f"decode got codes of shape {tuple(z.shape)}; expected (B, {math.prod(shape)})")
+        out, is_logits = _likelihood(self._decode_fn(z.reshape(len(z), *shape)),
                                      f"the decoder of {self.kind}")
         if is_logits or self.decoder_output == "logits":
             return out
@@ -204,8 +203,8 @@ def as_latent_model(obj: Any = None, *, encode_fn: Callable[[torch.Tensor], Any]
 
     ``decoder_output``: what the decoder returns, "logits" (default; vaescope's models) or "mean"
     (pixel means in [0, 1]; the default for pythae). ``latent_shape``: the per-example latent shape,
-    needed only to decode before anything was encoded (learned from the first ``encode`` otherwise;
-    read from ``latent_dim`` or pythae's ``model_config`` when the model has them). ``module``: with
+    needed only to decode a latent map before anything was encoded (learned from the first ``encode``,
+    read from ``latent_dim`` or pythae's ``model_config`` when the model has them; flat otherwise). ``module``: with
     plain functions, the module they run, so that the adapter's ``.eval()``/``.to()`` reach it.
     """
     if isinstance(obj, LatentModelAdapter):

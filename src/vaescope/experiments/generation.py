@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..adapters import as_latent_model
 from ..objectives import LatentModel
 
 
@@ -30,6 +31,7 @@ def _device_of(model: LatentModel) -> torch.device:
 @torch.no_grad()
 def decode_means(model: LatentModel, z: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Pixel means sigmoid(decode(z)): ``(N, D)`` codes -> ``(N, C, H, W)`` in [0, 1]."""
+    model = as_latent_model(model)
     parts = [torch.sigmoid(model.decode(z[s : s + batch_size])) for s in range(0, len(z), batch_size)]
     return torch.cat(parts)
 
@@ -99,6 +101,7 @@ def generation_check(model: LatentModel, active: np.ndarray, kl_mean: np.ndarray
 
     ``active`` ``(D,)`` bool verdicts and ``kl_mean`` ``(D,)`` from :mod:`vaescope.stats`.
     """
+    model = as_latent_model(model)
     active = np.asarray(active, dtype=bool)
     inactive = np.flatnonzero(~active)
     z = prior_samples(n_samples, len(active), seed, _device_of(model))
@@ -127,6 +130,7 @@ def generation_rows(model: LatentModel, active: np.ndarray, n: int = 10, seed: i
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The figure's two rows: ``n`` images from prior samples, and the same samples with the
     inactive variables zeroed; each ``(n, C, H, W)`` float in [0, 1]."""
+    model = as_latent_model(model)
     active = np.asarray(active, dtype=bool)
     z = prior_samples(n, len(active), seed, _device_of(model))
     full = decode_means(model, z)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..adapters import as_latent_model
 from ..engine import as_float
 from ..objectives import LatentModel, reconstruction_error
 
@@ -50,8 +51,9 @@ def reconstruction_gain(
 
     ``always_zero``: variables set to 0 in the baseline and in every intervention (e.g. variables
     kept silenced during an experiment), so the gain of j is measured in their absence.
-    ``kind`` is the run's ``loss.reconstruction``.
+    ``kind`` is the run's ``loss.reconstruction``. ``model``: anything :func:`vaescope.as_latent_model` accepts.
     """
+    model = as_latent_model(model)
     params = getattr(model, "parameters", None)
     first = next(iter(params()), None) if callable(params) else None
     device = first.device if first is not None else torch.device("cpu")
