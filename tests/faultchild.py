@@ -8,6 +8,9 @@ moment. Points:
     partial:NAME[@K]    half of the K-th atomic write of NAME is in its temporary file
     renamed:NAME[@K]    the K-th write of NAME has just been renamed into place
     none                no fault (the uninterrupted reference run)
+
+``python faultchild.py POINT MARKER tiny-reproduce NPZ OUT [--wait]`` runs instead a tiny
+``reproduce`` (:func:`tiny_reproduce_settings`, the steps of :data:`TINY_REPRODUCE_STEPS`) into OUT.
 """
 
 from __future__ import annotations
@@ -91,9 +94,37 @@ def main() -> int:
     elif kind != "none":
         raise SystemExit(f"unknown fault point {point!r}")
 
+    if args[:1] == ["tiny-reproduce"]:
+        from vaescope.cli import _configure_logging
+        from vaescope.reproduce import reproduce
+
+        _configure_logging()  # progress lines to stderr, as the command prints them
+        settings, steps = tiny_reproduce_settings(args[1])
+        reproduce(settings, args[2], steps=steps, wait="--wait" in args)
+        return 0
+
     from vaescope.cli import main as cli
 
     return cli(args, prog_name="vaescope")
+
+
+# The steps of a tiny reproduce that the kill tests run: every model trained, then what is
+# computed from all of them (the other steps are covered by tests/test_reproduce.py).
+TINY_REPRODUCE_STEPS = ("train", "table1", "reconstruction-gain", "run-to-run")
+
+
+def tiny_reproduce_settings(npz: str | os.PathLike[str]):
+    """Settings and steps of a tiny ``reproduce`` on NPZ: 2 seeds of the three models, 2/2/1 epochs
+    of tiny nets (8 steps an epoch); dense16 seed 0 trains steps 1-16, seed 1 steps 17-32."""
+    from conftest import TINY_OVERRIDES
+
+    from vaescope.reproduce import default_steps, make_settings
+
+    overrides = tuple(o for o in TINY_OVERRIDES if not o.startswith("train.epochs"))
+    settings = make_settings(quick=True, seeds=2, overrides=overrides, data_source=str(npz),
+                             epochs={"dense16": 2, "dense16_no_kl": 2, "conv16": 1},
+                             generation_samples=50, progress=False)
+    return settings, [s for s in default_steps(settings) if s.id in TINY_REPRODUCE_STEPS]
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
 from vaescope.data import Dataset
 from vaescope.errors import VaescopeError
+from vaescope.manifest import FINAL_FILES, verify_run
 from vaescope.storage import directory_lock
 from vaescope.rundir import read_metrics, read_trace
 from vaescope.train import train
@@ -85,6 +86,8 @@ def assert_every_file_whole(run: Path) -> None:
             load_file(path)
             if name == "model.safetensors":
                 load_run(run)
+        elif name == "manifest.json":
+            assert verify_run(run).intact  # written last: every file it lists is as it was then
         else:
             raise AssertionError(f"unexpected file {name}")
 
@@ -100,7 +103,10 @@ KILL_POINTS = {
     "partial:latest.json@2": "half of the new latest.json written",
     "renamed:metrics.csv@3": "epoch-3 metrics written, its checkpoint not yet",
     "partial:model.safetensors": "half of the final weights written",
+    "renamed:model.safetensors": "final weights written, their manifest not yet",
+    "partial:manifest.json": "half of the manifest written",
 }
+FINISHED = ("renamed:model.safetensors", "partial:manifest.json")  # killed with the weights complete
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +141,8 @@ def test_killed_training_resumes_to_identical_files(killed_runs, point):
     run = runs[point]
     assert (run / ".lock").exists()  # the killed process could not clean up ...
     assert_every_file_whole(run)  # ... but nothing a reader opens is half-written
-    assert not (run / "model.safetensors").exists()
+    assert (run / "model.safetensors").exists() == (point in FINISHED)
+    assert not (run / "manifest.json").exists()
 
     resume = ["train", "--out", str(run), "--resume", "--quiet"]
     if point == FRESH_PROCESS:
@@ -149,6 +156,7 @@ def test_killed_training_resumes_to_identical_files(killed_runs, point):
     for name in COMPARED:
         assert (run / name).read_bytes() == (reference / name).read_bytes(), f"{name} differs after {KILL_POINTS[point]}"
     assert_every_file_whole(run)
+    assert sorted(verify_run(run).matching) == sorted(FINAL_FILES)  # the resumed run has its manifest
     leftovers = [p.name for p in run.rglob(".*")]
     assert leftovers == [], f"left behind after resume: {leftovers}"
 
@@ -263,8 +271,8 @@ def test_full_disk_while_writing_a_report_keeps_the_previous_one(tmp_path, refer
 
 
 def test_read_only_places_give_one_clear_line(tmp_path, reference_run, tiny_dataset, monkeypatch):
-    monkeypatch.setattr(train_mod, "load_dataset", lambda source: tiny_dataset)
-    monkeypatch.setattr(analysis, "load_dataset", lambda source: tiny_dataset)
+    monkeypatch.setattr(train_mod, "load_dataset", lambda source, max_bytes=None: tiny_dataset)
+    monkeypatch.setattr(analysis, "load_dataset", lambda source, max_bytes=None: tiny_dataset)
     shelf = tmp_path / "shelf"
     shutil.copytree(reference_run, shelf / "run")
     before = snapshot(shelf)
@@ -468,8 +476,8 @@ def test_a_really_full_filesystem(tmp_path, tiny_config, tiny_dataset, monkeypat
 
 
 def test_a_really_read_only_filesystem(tmp_path, reference_run, tiny_dataset, monkeypatch):
-    monkeypatch.setattr(train_mod, "load_dataset", lambda source: tiny_dataset)
-    monkeypatch.setattr(analysis, "load_dataset", lambda source: tiny_dataset)
+    monkeypatch.setattr(train_mod, "load_dataset", lambda source, max_bytes=None: tiny_dataset)
+    monkeypatch.setattr(analysis, "load_dataset", lambda source, max_bytes=None: tiny_dataset)
     shelf = tmp_path / "shelf"
     shutil.copytree(reference_run, shelf / "run")
     before = snapshot(shelf)

@@ -149,11 +149,13 @@ def test_settings_refuse_zero_seeds_and_choose_epochs() -> None:
 
 
 def test_cli_parses_and_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    calls: list[tuple[Any, Path]] = []
-    monkeypatch.setattr(reproduce_mod, "reproduce", lambda settings, out: calls.append((settings, out)))
+    calls: list[tuple[Any, Path, bool]] = []
+    monkeypatch.setattr(reproduce_mod, "reproduce", lambda settings, out, wait: calls.append((settings, out, wait)))
     result = CliRunner().invoke(main, ["reproduce", "--quick", "--seeds", "2", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    settings, out = calls[0]
-    assert settings.quick and settings.seeds == 2 and out == tmp_path / "r"
+    settings, out, wait = calls[0]
+    assert settings.quick and settings.seeds == 2 and out == tmp_path / "r" and not wait
+    assert CliRunner().invoke(main, ["reproduce", "--wait", "--out", str(tmp_path / "r")]).exit_code == 0
+    assert calls[1][2] is True
     bad = CliRunner().invoke(main, ["reproduce", "--seeds", "0"])
     assert bad.exit_code == 2 and "--seeds" in bad.output and "0" in bad.output

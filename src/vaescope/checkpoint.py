@@ -30,6 +30,7 @@ from torch import nn
 from . import config as config_mod
 from .config import Config
 from .errors import VaescopeError
+from .manifest import require_intact
 from .models import build_model
 from .storage import atomic_write_bytes, atomic_write_json, read_json
 
@@ -99,6 +100,7 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu", mo
             f"{directory} has no {WEIGHTS_FILE}; the run is unfinished, continue it with "
             f"'vaescope train --out {directory} --resume'"
         )
+    require_intact(directory)  # a file that changed since the run finished is named, with the fix
     tensors, metadata = _read_safetensors(weights)
     try:
         meta = json.loads(metadata["vaescope"])

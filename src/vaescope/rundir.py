@@ -7,6 +7,7 @@ A run directory, as ``vaescope train`` writes it (and a sweep point, a pruned ru
     trace.csv                   Var(mu_j), mean sigma_j^2 along training (:class:`Trace`)
     timing.csv                  wall time of each epoch
     model.safetensors           final weights (see :mod:`vaescope.checkpoint`)
+    manifest.json               SHA-256 of the five files above, written last (:mod:`vaescope.manifest`)
     checkpoints/                resumable state
     stats-<split>.json, .csv    written by :func:`run_statistics`
 
@@ -233,7 +234,7 @@ def run_statistics(
     if not isinstance(run, Run):
         run = load_run(run)
     device = select_device(run.config.train.device)
-    data = dataset if dataset is not None else load_dataset(run.config.data.source)
+    data = dataset if dataset is not None else load_dataset(run.config.data.source, run.config.data.max_bytes)
     x, _ = data.split(split)
     model = run.model.to(device)
     with cpu_settings(run.config.train.threads):

@@ -2,8 +2,10 @@
 
 Locks the directory, applies the one run-directory policy (:func:`vaescope.rundir.resolve_run_config`),
 resumes from the newest checkpoint, runs epochs of the engine (:mod:`vaescope.engine`), and after
-each epoch writes the test metrics, the trace and a checkpoint; at the end, ``model.safetensors``.
-A run resumed from any checkpoint ends with the same files as one never interrupted.
+each epoch writes the test metrics, the trace and a checkpoint; at the end, ``model.safetensors``
+and, last, ``manifest.json`` (the SHA-256 of the final files). A run resumed from any checkpoint
+ends with the same files as one never interrupted; resuming a finished run whose final files no
+longer match its manifest writes them again from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import Config
+from .config import from_dict as config_from_dict
 from .data import Dataset, check_dataset, load_dataset
 from .engine import (
     EVAL_SEED_OFFSET,
@@ -42,6 +45,7 @@ from .engine import (
     train_epoch,
 )
 from .errors import VaescopeError
+from .manifest import verify_run, write_manifest
 from .models import CUSTOM_KIND
 from .rundir import CONFIG_FILE, Trace, resolve_run_config, write_progress
 from .stats import latent_statistics
@@ -88,19 +92,34 @@ def train(
     if config is not None and model is not None and not config.model.factory:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, kind=CUSTOM_KIND))
     with directory_lock(out):  # before looking at the directory: a live writer may be changing it
+        intact = _check_finished_files(out) if resume else False
         config = resolve_run_config(out, config, resume)
         if resume:  # a killed writer's temporaries; the lock says no live writer owns them
             remove_temporaries(out)
             remove_temporaries(out / "checkpoints")
         with cpu_settings(config.train.threads):
-            return _train_locked(config, out, resume, dataset, progress, model)
+            return _train_locked(config, out, resume, dataset, progress, model, intact)
+
+
+def _check_finished_files(out: Path) -> bool:
+    """Before resuming: True when ``out`` is a finished run whose files match its manifest.
+    Files that changed are named; a changed ``config.json`` is put back from the last checkpoint
+    (it decides the config of the resumed run), the others are rewritten at the end of training."""
+    check = verify_run(out)
+    how = "rewriting it from the last checkpoint" if has_checkpoint(out) else "no checkpoint is left: retraining"
+    for problem in check.problems:
+        log.warning("%s; %s", problem.split("; ")[0], how)
+    if CONFIG_FILE in check.changed and has_checkpoint(out):
+        stored = config_from_dict(load_checkpoint(out).meta["config"], origin=f"the checkpoint of {out}")
+        atomic_write_text(out / CONFIG_FILE, stored.to_json())
+    return check.intact
 
 
 def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | None, progress: bool,
-                  model: nn.Module | None) -> TrainResult:
+                  model: nn.Module | None, intact: bool = False) -> TrainResult:
     t_cfg = config.train
     device = select_device(t_cfg.device)
-    data = dataset if dataset is not None else load_dataset(config.data.source)
+    data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
     x_train = images_to_device(data.x_train, device)
     x_test = images_to_device(data.x_test, device)
     subset = as_float(x_test[: t_cfg.trace_subset].clone())
@@ -131,7 +150,8 @@ def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | No
         atomic_write_text(out / CONFIG_FILE, config.to_json())
         trace.record(model, subset, 0, 0.0)
 
-    if epoch >= t_cfg.epochs and (out / WEIGHTS_FILE).is_file():
+    finished_before = epoch >= t_cfg.epochs
+    if finished_before and intact:
         log.info("%s is already trained (%d epochs)", out, epoch)
         model.eval()
         return TrainResult(out, config, model, metrics, trace)
@@ -178,7 +198,10 @@ def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | No
     finally:
         bar.close()
     model.eval()
+    if finished_before:  # nothing trained in this call: the per-epoch files again, from the checkpoint
+        write_progress(out, metrics, trace, timing)
     save_weights(out / WEIGHTS_FILE, model, config, data.image_shape)
+    write_manifest(out)  # last: it vouches for the files above
     return TrainResult(out, config, model, metrics, trace)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..data import Dataset, load_dataset
 from ..report import Paragraph, write_report
-from ..storage import atomic_write_json
+from ..storage import atomic_write_json, directory_lock, remove_temporaries
 from . import dynamics, sparsity
 from .context import Context, ModelRuns, Settings, Step, TrainedRun, make_settings
 from .text import REFERENCES, references_section
@@ -36,13 +36,24 @@ def default_steps(settings: Settings) -> list[Step]:
 
 
 def reproduce(settings: Settings, out: str | Path, steps: list[Step] | None = None,
-              dataset: Dataset | None = None) -> dict[str, Any]:
+              dataset: Dataset | None = None, wait: bool = False) -> dict[str, Any]:
     """Run every step, then write ``results.json``, ``report.html`` and ``report.md`` into ``out``.
 
-    ``results.json`` is also rewritten after each step, so an interrupted run keeps what it measured.
-    Returns the results.
+    ``results.json`` is also rewritten after each step, so an interrupted run keeps what it measured;
+    run again, it reuses the finished runs and resumes an interrupted one from its checkpoint.
+    ``out`` is locked for the whole command: another ``reproduce`` into it is refused with this
+    process's PID, or with ``wait`` waits for it to finish. Returns the results.
     """
     out = Path(out)
+    with directory_lock(out, "output folder", wait=wait,
+                        hint="wait for it to finish (--wait queues behind it) or choose another --out"):
+        remove_temporaries(out)  # a killed command's; the lock says no live writer owns them
+        remove_temporaries(out / "figures")
+        return _reproduce_locked(settings, out, steps, dataset)
+
+
+def _reproduce_locked(settings: Settings, out: Path, steps: list[Step] | None,
+                      dataset: Dataset | None) -> dict[str, Any]:
     started = time.perf_counter()
     steps = default_steps(settings) if steps is None else steps
     log.info("vaescope reproduce (%s, %d seed(s)) -> %s", settings.mode, settings.seeds, out)

@@ -26,6 +26,7 @@ from ..errors import VaescopeError
 from ..experiments.generation import GenerationCheck
 from ..experiments.reconstruction_gain import ReconstructionGain
 from ..figures.common import save_png
+from ..manifest import verify_run
 from ..report import Image, Section
 from ..rundir import Trace, discard_other_run, is_finished, read_metrics, read_trace, run_statistics, training_seconds
 from ..stats import LatentStatistics
@@ -170,7 +171,8 @@ class Context:
         changed = discard_other_run(run_dir, cfg)  # reproduce owns its runs/ folder
         if changed:
             log.info("%s was trained with a different config (%s); retraining", run_dir, ", ".join(changed[:4]))
-        reused = is_finished(run_dir, cfg)
+        # reused only when its files match their manifest; otherwise resumed, which writes them again
+        reused = is_finished(run_dir, cfg) and verify_run(run_dir).intact
         if reused:
             log.info("reusing %s (same config)", run_dir)
         else:
