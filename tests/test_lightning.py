@@ -18,6 +18,8 @@ from vaescope.objectives import loss_terms
 from vaescope.rundir import TRACE_FILE, read_trace
 
 BATCHES = 8  # per epoch: 512 images of batch 64
+# a CI machine with more cores than these 2 would suggest DataLoader workers: not what is tested here
+pytestmark = pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
 
 
 class LitVAE(lightning.LightningModule):
@@ -123,3 +125,17 @@ def test_trace_file_lands_in_the_given_log_dir(tmp_path, probe):
     callback = LatentMonitorCallback(probe=probe, every=16, log_dir=tmp_path / "mine", tensorboard=False)
     fit(LitVAE(), callback, tmp_path, epochs=1, logger=False)
     assert (tmp_path / "mine" / TRACE_FILE).is_file() and read_trace(tmp_path / "mine").steps == [0]
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches .* is smaller than the logging interval")
+@pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
+def test_readme_lightning_example_runs(tiny_npz, tmp_path, monkeypatch):
+    from test_api import readme_block
+
+    monkeypatch.chdir(tmp_path)
+    code = readme_block("lightning-example").replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
+    code = code.replace("every=50", "every=2")  # 8 steps here (512 images, 2 epochs of 4 batches)
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
+    version = tmp_path / "lightning_logs" / "version_0"
+    assert read_trace(version).steps == [0, 2, 4, 6, 8]
+    assert any(p.name.startswith("events.out.tfevents") for p in version.iterdir())

@@ -220,3 +220,20 @@ def test_measure_overhead_reports_both_loops(tiny_dataset):
     assert result["steps"] == 4 and result["every"] == 2 and result["probe_size"] == 64
     assert result["step_ms_off"] > 0 and result["step_ms_on"] > 0 and result["record_ms"] > 0
     assert result["predicted_overhead"] == pytest.approx(result["record_ms"] / (2 * result["step_ms_off"]))
+
+
+def test_readme_monitor_example_runs(tiny_npz, tiny_dataset, tmp_path, monkeypatch):
+    from test_api import readme_block
+
+    import vaescope
+
+    monkeypatch.chdir(tmp_path)
+    code = readme_block("monitor-example").replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
+    code = code.replace("every=50", "every=2")  # 8 steps here (512 images, 2 epochs of 4 batches)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
+    trace = read_trace(tmp_path / "runs" / "my-loop")
+    assert trace.steps == [2, 4, 6, 8] and trace.epochs == [0.5, 1.0, 1.5, 2.0]
+    final = vaescope.latent_statistics(namespace["model"], tiny_dataset.x_test)  # the probe is all 128
+    assert np.allclose(trace.mu_variance[-1], final.mu_variance, rtol=1e-6)
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "runs" / "my-loop").iterdir())

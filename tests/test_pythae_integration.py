@@ -114,3 +114,18 @@ def test_pythae_vae_trained_on_mnist_is_measured_and_inspected_without_an_adapte
     other = by_hand(model, data.x_test[2000:4000].astype(np.float32) / 255)
     assert payload["statistics"]["n"] == 2000
     assert np.allclose([v["sigma2_mean"] for v in payload["statistics"]["variables"]], other["sigma2_mean"], rtol=1e-6)
+
+
+def test_readme_pythae_example_runs(tiny_npz, tiny_dataset, tmp_path, monkeypatch):
+    from test_api import readme_block
+
+    monkeypatch.chdir(tmp_path)
+    code = readme_block("pythae-example").replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
+    code = code.replace("every=50", "every=2")  # 8 steps here (512 images, 2 epochs of 4 batches)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
+    assert read_trace(tmp_path / "runs" / "pythae" / "latent_monitor").steps == [0, 2, 4, 6, 8]
+    want = by_hand(namespace["model"], tiny_dataset.x_test.astype(np.float32) / 255)
+    assert np.allclose(namespace["stats"].sigma2_mean, want["sigma2_mean"], rtol=1e-6)
+    payload = json.loads((tmp_path / "runs" / "pythae" / "inspect" / "inspect.json").read_text())
+    assert payload["trace"]["points"] == 5 and payload["statistics"]["n"] == len(tiny_dataset.x_test)
