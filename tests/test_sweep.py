@@ -81,7 +81,7 @@ def test_every_run_is_an_ordinary_run_equal_to_train(local_sweep, tmp_path):
     assert [r["run"] for r in rows] == ["latent_dim1-seed0", "latent_dim1-seed1", "latent_dim3-seed0", "latent_dim3-seed1"]
     for row in rows:
         run_dir = out / "runs" / row["run"]
-        assert row["status"] == "trained" and row["attempts"] == 1
+        assert row["status"] == "trained" and row["attempts"] == 1 and row["run_dir"] == f"runs/{row['run']}"
         run = load_run(run_dir)
         assert run.config.model.latent_dim == row["model.latent_dim"] == row["latent_dim"]
         assert run.config.train.seed == row["seed"] and run.config.train.threads == 1
@@ -203,7 +203,7 @@ def test_a_killed_sweep_finishes_with_the_weights_of_an_uninterrupted_one(tmp_pa
     result = CliRunner().invoke(cli, sweep_command(tiny_npz, killed, epochs))
     assert result.exit_code == 0, result.output
     rows = json.loads((killed / "sweep.json").read_text())["rows"]
-    assert {r["status"] for r in rows if Path(r["run_dir"]) in interrupted} <= {"resumed", "trained"}
+    assert {r["status"] for r in rows if killed / r["run_dir"] in interrupted} <= {"resumed", "trained"}
     assert next(r for r in rows if r["run"] == first.name)["status"] == "resumed"
 
     reference = tmp_path / "reference"

@@ -49,12 +49,11 @@ from .rundir import (
     config_differences,
     is_finished,
     read_metrics,
-    rows_to_csv,
     run_statistics,
     stored_config,
     training_seconds,
 )
-from .storage import atomic_write_json, atomic_write_text, directory_lock
+from .storage import directory_lock
 from .synthetic import factor_correlations, factor_matches, is_synthetic, load_factors
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ class RunSpec:
     point: dict[str, Any]     # grid key -> value
     seed: int
     config: Config
-    run_dir: str
+    run_dir: str              # absolute: a Ray worker may run in another directory
 
 
 def _value_text(value: Any) -> str:
@@ -145,7 +144,8 @@ def expand(base: Config, grid: Mapping[str, Sequence[Any]], seeds: Sequence[int]
         name = point_name(point, base.name)
         for seed in seeds:
             run_cfg = config_mod.replace(cfg, **{"train.seed": seed, "train.threads": threads})
-            specs.append(RunSpec(f"{name}-seed{seed}", point, seed, run_cfg, str(out / RUNS_DIR / f"{name}-seed{seed}")))
+            run_dir = out.resolve() / RUNS_DIR / f"{name}-seed{seed}"
+            specs.append(RunSpec(f"{name}-seed{seed}", point, seed, run_cfg, str(run_dir)))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
@@ -219,7 +219,7 @@ def run_one(spec: RunSpec, bundle: DataBundle | None = None) -> dict[str, Any]:
     row.update({"test_loss": last["test_loss"], "test_reconstruction": last["test_reconstruction"],
                 "test_kl": last["test_kl"], "variance_law_max_abs_dev": stats.variance_law_max_abs_dev,
                 "seconds": round(training_seconds(run_dir), 3), "status": status, "attempts": 1, "error": "",
-                "run_dir": spec.run_dir, "active_variables": np.flatnonzero(stats.active).tolist()})
+                "run_dir": f"{RUNS_DIR}/{spec.name}", "active_variables": np.flatnonzero(stats.active).tolist()})
     if bundle.test_factors is not None:
         with cpu_settings(spec.config.train.threads):
             corr = factor_correlations(_test_means(run.model, bundle.dataset.x_test), bundle.test_factors)
@@ -290,7 +290,7 @@ def train_runs(specs: Sequence[RunSpec], execution: Execution, bundles: Mapping[
 
 def failed_row(spec: RunSpec, error: str, attempts: int) -> dict[str, Any]:
     return {"run": spec.name, **spec.point, "seed": spec.seed, "latent_dim": spec.config.model.latent_dim,
-            "status": "failed", "attempts": attempts, "error": error, "run_dir": spec.run_dir}
+            "status": "failed", "attempts": attempts, "error": error, "run_dir": f"{RUNS_DIR}/{spec.name}"}
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -310,7 +310,8 @@ def sweep(config: Config, out: str | Path, grid: Mapping[str, Sequence[Any]] | N
     list) from ``config`` into ``out/runs/``, write ``sweep.json``, ``sweep.csv`` and (``report``)
     ``report.html``; returns the rows, one per run, in grid order.
 
-    ``workers`` / ``threads``: local processes and torch threads each (0: automatic); ``ray``:
+    ``workers`` / ``threads``: local processes and torch threads each (0: automatic; ``threads``
+    falls back on ``config.train.threads``); ``ray``:
     ``"local"`` for a local Ray instance or a cluster address. ``dataset`` replaces
     ``config.data.source`` for every run (it then cannot vary in the grid).
     """
@@ -322,8 +323,10 @@ def sweep(config: Config, out: str | Path, grid: Mapping[str, Sequence[Any]] | N
     if dataset is not None and "data.source" in grid:
         raise VaescopeError("--grid data.source cannot vary when a dataset object is given; drop one of them")
     probe = expand(config, grid, seed_list, out, threads=1)  # validates before anything else
-    execution = default_execution(len(probe), workers, threads, ray)
+    execution = default_execution(len(probe), workers, threads or config.train.threads, ray)
     specs = [replace(s, config=config_mod.replace(s.config, **{"train.threads": execution.threads})) for s in probe]
+    from .sweep_report import write_results, write_sweep_report
+
     started = time.perf_counter()
     with directory_lock(out, what="sweep folder"):
         specs = [_adopt_stored(s) for s in specs]
@@ -363,54 +366,6 @@ def sweep(config: Config, out: str | Path, grid: Mapping[str, Sequence[Any]] | N
         ordered = [rows[s.name] for s in specs]
         results = write_results(out, config, grid, seed_list, execution, ordered, time.perf_counter() - started)
         if report:
-            from .sweep_report import write_sweep_report
-
             html_path = write_sweep_report(out, results)
             log.info("wrote %s, %s and %s", html_path, out / SWEEP_JSON, out / SWEEP_CSV)
     return ordered
-
-
-def intrinsic_readings(rows: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """The intrinsic dimension of each curve: rows grouped by the grid values other than
-    ``model.latent_dim``, read under each criterion (failed runs left out)."""
-    from .intrinsic import intrinsic_dimension
-
-    others = [k for k in grid if k != "model.latent_dim"]
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        if row.get("status") != "failed":
-            groups.setdefault(json.dumps({k: row[k] for k in others}), []).append(row)
-    readings = []
-    for key, members in groups.items():
-        entry: dict[str, Any] = {"group": json.loads(key)}
-        for criterion in CRITERIA:
-            curve: dict[int, list[int]] = {}
-            for row in members:
-                curve.setdefault(int(row["latent_dim"]), []).append(int(row[f"active_{criterion}"]))
-            entry[criterion] = intrinsic_dimension(curve).to_dict()
-        readings.append(entry)
-    return readings
-
-
-def write_results(out: Path, config: Config, grid: Mapping[str, Sequence[Any]], seeds: Sequence[int],
-                  execution: Execution, rows: Sequence[Mapping[str, Any]],
-                  seconds: float | None = None) -> dict[str, Any]:
-    """``sweep.json`` (settings, rows, intrinsic dimension) and ``sweep.csv`` (the rows); returns the JSON."""
-    results = {"config": config.to_dict(), "grid": dict(grid), "seeds": list(seeds),
-               "execution": {"workers": execution.workers, "threads": execution.threads, "ray": execution.ray},
-               "criteria": CRITERIA, "rows": list(rows), "intrinsic_dimension": intrinsic_readings(rows, grid)}
-    if seconds is not None:
-        results["seconds"] = round(seconds, 1)
-    atomic_write_json(out / SWEEP_JSON, results)
-    columns = ["run", *grid, *[c for c in CSV_COLUMNS if c != "run"]]
-    names = next((r["factors"]["names"] for r in rows if "factors" in r), [])
-    columns += [f"{kind}_{n}" for n in names for kind in ("follows", "correlation")]
-    flat = []
-    for row in rows:
-        cells = {c: (json.dumps(row[c]) if isinstance(row[c], (list, dict)) else row[c]) for c in columns if c in row}
-        for match in row.get("factors", {}).get("matches", []):
-            cells[f"follows_{match['factor']}"] = "" if match["variable"] is None else match["variable"]
-            cells[f"correlation_{match['factor']}"] = round(match["correlation"], 4)
-        flat.append(cells)
-    atomic_write_text(out / SWEEP_CSV, rows_to_csv(columns, flat))
-    return results

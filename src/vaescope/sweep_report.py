@@ -1,4 +1,5 @@
-"""The report of a sweep (``report.html``, ``report.md``), built from ``sweep.json``'s content."""
+"""The results of a sweep: ``sweep.json`` and ``sweep.csv`` from the rows, then ``report.html`` and
+``report.md`` from ``sweep.json``'s content."""
 
 from __future__ import annotations
 
@@ -9,10 +10,61 @@ from typing import Any
 
 import numpy as np
 
+from .config import Config
 from .figures.common import save_png
 from .figures.sweep import SweepCurve, active_count_figure, loss_figure, variance_law_figure
 from .intrinsic import DEFAULT_TOLERANCE
 from .report import Block, Image, Paragraph, Section, Table, write_report
+from .rundir import rows_to_csv
+from .storage import atomic_write_json, atomic_write_text
+from .sweep import CRITERIA, CSV_COLUMNS, SWEEP_CSV, SWEEP_JSON, Execution
+
+
+def intrinsic_readings(rows: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The intrinsic dimension of each curve: rows grouped by the grid values other than
+    ``model.latent_dim``, read under each criterion (failed runs left out)."""
+    from .intrinsic import intrinsic_dimension
+
+    others = [k for k in grid if k != "model.latent_dim"]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") != "failed":
+            groups.setdefault(json.dumps({k: row[k] for k in others}), []).append(row)
+    readings = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = {"group": json.loads(key)}
+        for criterion in CRITERIA:
+            curve: dict[int, list[int]] = {}
+            for row in members:
+                curve.setdefault(int(row["latent_dim"]), []).append(int(row[f"active_{criterion}"]))
+            entry[criterion] = intrinsic_dimension(curve).to_dict()
+        readings.append(entry)
+    return readings
+
+
+def write_results(out: Path, config: Config, grid: Mapping[str, Sequence[Any]], seeds: Sequence[int],
+                  execution: Execution, rows: Sequence[Mapping[str, Any]],
+                  seconds: float | None = None) -> dict[str, Any]:
+    """``sweep.json`` (settings, rows, intrinsic dimension) and ``sweep.csv`` (the rows); returns the JSON."""
+    results = {"config": config.to_dict(), "grid": dict(grid), "seeds": list(seeds),
+               "execution": {"workers": execution.workers, "threads": execution.threads, "ray": execution.ray},
+               "criteria": CRITERIA, "rows": list(rows), "intrinsic_dimension": intrinsic_readings(rows, grid)}
+    if seconds is not None:
+        results["seconds"] = round(seconds, 1)
+    atomic_write_json(out / SWEEP_JSON, results)
+    columns = ["run", *grid, *[c for c in CSV_COLUMNS if c != "run"]]
+    names = next((r["factors"]["names"] for r in rows if "factors" in r), [])
+    columns += [f"{kind}_{n}" for n in names for kind in ("follows", "correlation")]
+    flat = []
+    for row in rows:
+        cells = {c: (json.dumps(row[c]) if isinstance(row[c], (list, dict)) else row[c]) for c in columns if c in row}
+        for match in row.get("factors", {}).get("matches", []):
+            cells[f"follows_{match['factor']}"] = "" if match["variable"] is None else match["variable"]
+            cells[f"correlation_{match['factor']}"] = round(match["correlation"], 4)
+        flat.append(cells)
+    atomic_write_text(out / SWEEP_CSV, rows_to_csv(columns, flat))
+    return results
+
 
 _CRITERION_WORDS = {"mu_variance": "Var(mu) < {mu_variance:g}", "sigma2": "mean sigma^2 > {sigma2_mean:g}",
                     "kl": "mean KL < {kl_mean:g} nats"}
