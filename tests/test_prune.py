@@ -15,6 +15,7 @@ from vaescope import config as config_mod
 from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
 from vaescope.errors import VaescopeError
+from vaescope.manifest import verify_run
 from vaescope.prune import latent_layers, parameter_count, prune_model, prune_run, pruning_differences
 from vaescope.rundir import read_trace, run_statistics
 from vaescope.train import train
@@ -72,6 +73,8 @@ def test_pruned_run_decodes_as_the_original_with_zeros(trained, tmp_path, kind):
     np.testing.assert_allclose(after.mu_variance, before.mu_variance[result.kept], rtol=1e-5)
     np.testing.assert_allclose(after.kl_mean, before.kl_mean[result.kept], rtol=1e-4)
     assert read_trace(tmp_path / "pruned").mu_variance[-1].shape == (2,)
+    check = verify_run(tmp_path / "pruned")  # a finished run: its manifest lists its files
+    assert check.intact and {"model.safetensors", "config.json", "prune.json"} <= set(check.matching)
 
 
 def test_pruned_checkpoint_resumes(trained, tmp_path):

@@ -34,6 +34,7 @@ from .config import StatsConfig
 from .data import Dataset, load_dataset
 from .engine import EVAL_SEED_OFFSET, as_float, cpu_settings, evaluate, images_to_device, make_optimizer
 from .errors import VaescopeError
+from .manifest import FINAL_FILES, write_manifest
 from .models import CUSTOM_KIND, ConvVAE, DenseVAE
 from .rundir import CONFIG_FILE, METRICS_FILE, TIMING_FILE, Trace, read_trace, run_statistics
 from .stats import LatentStatistics
@@ -277,6 +278,7 @@ def prune_run(run_dir: str | Path, out: str | Path, criterion: str = "mu_varianc
             max_abs_difference=differences, test_before=test_before, test_after=test_after,
             checkpoint=with_checkpoint)
         atomic_write_json(out / PRUNE_FILE, result.to_dict())
+        write_manifest(out, (*FINAL_FILES, PRUNE_FILE))  # last: the directory is a finished run
     return result
 
 
