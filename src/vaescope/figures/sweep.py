@@ -76,10 +76,8 @@ def active_count_figure(curves: Sequence[SweepCurve]) -> Figure:
             ax.axhline(curve.intrinsic, color=color, ls=":", lw=1.2,
                        label=f"intrinsic dimension {curve.intrinsic:g}" + (f" ({curve.label})" if curve.label else ""))
     _size_axis(ax, curves)
-    ax.set_yscale("log", base=2)
-    ax.set_yticks(sizes)
-    ax.set_yticklabels([str(int(s)) for s in sizes])
-    ax.set_ylim(0.8, sizes.max() * 1.25)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylim(-0.3, sizes.max() + 0.5)
     ax.set_ylabel("active variables (Var(mu) >= threshold)")
     ax.legend(loc="upper left", fontsize=8)
     return fig
