@@ -153,6 +153,9 @@ def test_known_factors_are_matched_to_active_variables(tiny_config, tmp_path, ti
         __import__("torch").as_tensor(tiny_dataset.x_test).float() / 255)[0].detach().numpy()
     expected = np.corrcoef(mu[:, match["variable"]], tiny_dataset.y_test)[0, 1]
     assert match["correlation"] == pytest.approx(expected, abs=1e-4)
+    if len(row["active_variables"]) == 1:  # one active variable: R^2 is its r^2
+        assert match["r2_active"] == pytest.approx(expected**2, abs=1e-3)
+    assert 0 <= match["r2_active"] <= 1
 
 
 @pytest.mark.slow

@@ -117,6 +117,10 @@ def test_factor_correlations_and_matches():
     np.testing.assert_allclose(corr[1, 1], -1.0, atol=1e-12)
     np.testing.assert_allclose(corr[2, 0], 1.0, atol=1e-12)
     assert corr[3].tolist() == [0.0, 0.0]
+    r2 = synthetic.factor_r2(mu[:, 1:3], factors)  # both factors are linear in the two active means
+    np.testing.assert_allclose(r2, [1.0, 1.0], atol=1e-12)
+    noise = synthetic.factor_r2(rng.normal(size=(2000, 2)), factors)
+    assert noise.max() < 0.01  # independent codes explain nothing
     matches = synthetic.factor_matches(corr, np.array([False, True, True, False]))
     assert [m["variable"] for m in matches] == [2, 1]
     assert matches[1]["correlation"] == pytest.approx(-1.0)

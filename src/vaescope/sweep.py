@@ -54,7 +54,7 @@ from .rundir import (
     training_seconds,
 )
 from .storage import directory_lock
-from .synthetic import factor_correlations, factor_matches, is_synthetic, load_factors
+from .synthetic import factor_correlations, factor_matches, factor_r2, is_synthetic, load_factors
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,13 @@ def run_one(spec: RunSpec, bundle: DataBundle | None = None) -> dict[str, Any]:
                 "run_dir": f"{RUNS_DIR}/{spec.name}", "active_variables": np.flatnonzero(stats.active).tolist()})
     if bundle.test_factors is not None:
         with cpu_settings(spec.config.train.threads):
-            corr = factor_correlations(_test_means(run.model, bundle.dataset.x_test), bundle.test_factors)
+            mu = _test_means(run.model, bundle.dataset.x_test)
+        corr = factor_correlations(mu, bundle.test_factors)
         matches = factor_matches(corr, stats.active)
+        r2 = factor_r2(mu[:, stats.active], bundle.test_factors)
         row["factors"] = {"names": list(bundle.factor_names), "correlation": corr.round(4).tolist(),
-                          "matches": [{"factor": n, **m} for n, m in zip(bundle.factor_names, matches)]}
+                          "matches": [{"factor": n, **m, "r2_active": round(float(r), 4)}
+                                      for n, m, r in zip(bundle.factor_names, matches, r2)]}
     return row
 
 

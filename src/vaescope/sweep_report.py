@@ -54,13 +54,14 @@ def write_results(out: Path, config: Config, grid: Mapping[str, Sequence[Any]], 
     atomic_write_json(out / SWEEP_JSON, results)
     columns = ["run", *grid, *[c for c in CSV_COLUMNS if c != "run"]]
     names = next((r["factors"]["names"] for r in rows if "factors" in r), [])
-    columns += [f"{kind}_{n}" for n in names for kind in ("follows", "correlation")]
+    columns += [f"{kind}_{n}" for n in names for kind in ("follows", "correlation", "r2")]
     flat = []
     for row in rows:
         cells = {c: (json.dumps(row[c]) if isinstance(row[c], (list, dict)) else row[c]) for c in columns if c in row}
         for match in row.get("factors", {}).get("matches", []):
             cells[f"follows_{match['factor']}"] = "" if match["variable"] is None else match["variable"]
             cells[f"correlation_{match['factor']}"] = round(match["correlation"], 4)
+            cells[f"r2_{match['factor']}"] = match.get("r2_active", "")
         flat.append(cells)
     atomic_write_text(out / SWEEP_CSV, rows_to_csv(columns, flat))
     return results
@@ -144,14 +145,23 @@ def _factor_section(results: Mapping[str, Any]) -> Section | None:
         followers = {m["variable"] for m in matches if m["variable"] is not None}
         unmatched = [j for j in row["active_variables"] if j not in followers]
         table.append([row["run"], f"{row['active_mu_variance']}/{row['latent_dim']}",
-                      *[("-" if m["variable"] is None else f"z{m['variable']} ({m['correlation']:+.2f})") for m in matches],
+                      *[_match_cell(m) for m in matches],
                       ", ".join(f"z{j}" for j in unmatched) or "none"])
     text = (f"The data have {len(names)} known factors ({', '.join(names)}). For each factor, the active "
-            "variable whose test-set mean mu_j has the largest absolute Pearson correlation with it (the sign is "
-            "the direction). A variable may follow two factors, and an active variable may follow none: the last "
-            "column lists active variables that are no factor's best match.")
+            "variable whose test-set mean mu_j has the largest absolute Pearson correlation r with it (the sign is "
+            "the direction), and R^2: the share of the factor's variance that a least-squares fit on all the "
+            "active means explains (linearly; a code can hold a factor along a curve). A variable may follow two "
+            "factors, and an active variable may follow none: the last column lists active variables that are no "
+            "factor's best match.")
     return Section("factors", "Which variable follows which factor",
                    [Paragraph(text), Table(["run", "active", *names, "active, no factor's best match"], table)])
+
+
+def _match_cell(match: Mapping[str, Any]) -> str:
+    if match["variable"] is None:
+        return "-"
+    r2 = f"; R^2 {match['r2_active']:.2f}" if "r2_active" in match else ""
+    return f"z{match['variable']} (r {match['correlation']:+.2f}{r2})"
 
 
 def _runs_table(results: Mapping[str, Any]) -> Table:

@@ -218,6 +218,18 @@ def factor_correlations(mu: np.ndarray, factors: np.ndarray) -> np.ndarray:
     return np.divide(cov, norms, out=np.zeros_like(cov), where=norms > 0)
 
 
+def factor_r2(mu: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """How much of each factor the latent means explain together, linearly: the R^2 of a least-squares
+    fit of each factor ``(N, K)`` on ``mu`` ``(N, D)`` with an intercept -> ``(K,)`` in [0, 1]."""
+    mu = np.asarray(mu, dtype=np.float64)
+    factors = np.asarray(factors, dtype=np.float64)
+    design = np.column_stack([mu, np.ones(len(mu))])
+    coef, *_ = np.linalg.lstsq(design, factors, rcond=None)
+    residual = ((factors - design @ coef) ** 2).sum(0)
+    total = ((factors - factors.mean(0)) ** 2).sum(0)
+    return np.clip(1.0 - np.divide(residual, total, out=np.zeros_like(total), where=total > 0), 0.0, 1.0)
+
+
 def factor_matches(correlations: np.ndarray, active: np.ndarray) -> list[dict[str, float | int | None]]:
     """For each factor (column of ``correlations`` ``(D, K)``), the active variable with the largest
     |correlation|: ``[{"variable": j or None, "correlation": r}]``; ``active`` is ``(D,)`` bool."""
