@@ -114,26 +114,52 @@ def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ..
 @click.option("--mu-variance-threshold", type=float, help="Inactive when Var(mu) is below this [run's config: 0.01].")
 @click.option("--sigma2-threshold", type=float, help="Criterion shown beside: mean sigma^2 above this [0.8].")
 @click.option("--kl-threshold", type=float, help="Criterion shown beside: mean KL below this, nats [0.01].")
+@click.option("--mi", "with_mi", is_flag=True, help="Also I(x; z) and every I(x; z_j) (He et al. 2019), at most log N.")
+@click.option("--samples", type=int, default=1, show_default=True, help="With --mi: codes drawn per image.")
+@click.option("--iwae", "iwae", multiple=True, metavar="K",
+              help="The importance-weighted bound on log p(x) with K samples (Burda et al.); repeatable or a "
+                   "list, e.g. --iwae 1,10,100,1000.")
+@click.option("--iwae-images", type=int, help="With --iwae: only the first N images of the split [all].")
+@click.option("--figure", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the criteria figure (active count against each threshold) as this PNG.")
 def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | None,
-          sigma2_threshold: float | None, kl_threshold: float | None) -> None:
-    """Per-variable latent statistics of a trained RUN over a full split (the sparsity article's Table 1)."""
+          sigma2_threshold: float | None, kl_threshold: float | None, with_mi: bool, samples: int,
+          iwae: tuple[str, ...], iwae_images: int | None, figure: Path | None) -> None:
+    """Per-variable latent statistics of a trained RUN over a full split (the sparsity article's Table 1),
+    with every activity criterion side by side; --mi and --iwae add the information measures."""
     import dataclasses
 
     from .checkpoint import load_run
-    from .rundir import run_statistics
-    from .tables import latent_table
+    from .rundir import run_measures
+    from .tables import criteria_text
 
+    try:
+        ks = tuple(sorted({int(k) for text in iwae for k in text.replace(",", " ").split()}))
+    except ValueError:
+        raise VaescopeError(f"--iwae {' '.join(iwae)}: give whole numbers K >= 1, e.g. --iwae 1,10,100,1000") from None
+    for name, value in (("--iwae", min(ks, default=1)), ("--samples", samples), ("--iwae-images", iwae_images or 1)):
+        if value < 1:
+            raise VaescopeError(f"{name} is {value}; it must be at least 1")
     loaded = load_run(run)
     given = {"mu_variance_threshold": mu_variance_threshold, "sigma2_threshold": sigma2_threshold,
              "kl_threshold": kl_threshold}
     thresholds = config_mod.validate(dataclasses.replace(
         loaded.config, stats=dataclasses.replace(loaded.config.stats, **{k: v for k, v in given.items() if v is not None})
     )).stats
-    result = run_statistics(loaded, split=split, thresholds=thresholds)
+    result = run_measures(loaded, split=split, thresholds=thresholds, mutual_information=with_mi, iwae_ks=ks,
+                          samples=samples, iwae_images=iwae_images)
+    if figure is not None:
+        from .criteria import threshold_sweeps
+        from .figures.common import save_png
+        from .figures.criteria import criteria_figure
+
+        save_png(criteria_figure(result.criteria, threshold_sweeps(result.criteria),
+                                 title=f"{run} ({loaded.config.name}), {split} split"), figure)
     if as_json:
-        click.echo(json.dumps(result.to_dict(split), indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        click.echo(latent_table(result, title=f"{run} ({loaded.config.name}), {split} split, {result.n} images"))
+        click.echo(criteria_text(result.stats, result.criteria, result.mutual_information, result.iwae_bound,
+                                 title=f"{run} ({loaded.config.name}), {split} split, {result.stats.n} images"))
 
 
 @main.command()

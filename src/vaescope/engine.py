@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .config import Config, LossConfig
+from .data import binarize_dynamic
 from .errors import VaescopeError
 from .models import build_model
 from .objectives import loss_terms
@@ -207,9 +208,12 @@ def train_epoch(
     step: int = 0,
     z_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    binarize: bool = False,
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``x_train`` ``(N, C, H, W)`` in a random order; returns the new global step
     and the epoch's mean loss, reconstruction and KL (the regulariser when not sampling).
+    ``binarize`` (``data.binarize = "dynamic"``): each batch is a fresh Bernoulli sample of its
+    grey levels, drawn with ``noise``.
 
     Raises :class:`NonFiniteLoss` at the first step whose loss or gradient is NaN or infinite,
     before Adam applies it: the weights stay finite.
@@ -223,6 +227,8 @@ def train_epoch(
         for start in range(0, n, batch_size):
             # index_select gathers rows ~10x faster than x[order[...]] (advanced indexing)
             batch = as_float(torch.index_select(x_train, 0, order[start : start + batch_size]))
+            if binarize:
+                batch = binarize_dynamic(batch, noise)
             terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()

@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .config import Config
 from .config import from_dict as config_from_dict
-from .data import Dataset, check_dataset, load_dataset
+from .data import Dataset, check_dataset, load_dataset, split_images
 from .engine import (
     EVAL_SEED_OFFSET,
     NonFiniteLoss,
@@ -120,8 +120,10 @@ def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | No
     t_cfg = config.train
     device = select_device(t_cfg.device)
     data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
-    x_train = images_to_device(data.x_train, device)
-    x_test = images_to_device(data.x_test, device)
+    # data.binarize: "static" trains on fixed binary images; with "dynamic" or "static" the test
+    # split is one fixed binary sample (the literature's binarised test set)
+    x_train = images_to_device(split_images(data, "train", config.data.binarize), device)
+    x_test = images_to_device(split_images(data, "test", config.data.binarize), device)
     subset = as_float(x_test[: t_cfg.trace_subset].clone())
     every = trace_interval(config, len(x_train))
     steps_per_epoch = math.ceil(len(x_train) / t_cfg.batch_size)
@@ -174,7 +176,8 @@ def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | No
             started = time.perf_counter()
             try:
                 step, train_means = train_epoch(model, setup.optimizer, x_train, config.loss, t_cfg.batch_size,
-                                                setup.shuffle, setup.noise, step, on_step=on_step)
+                                                setup.shuffle, setup.noise, step, on_step=on_step,
+                                                binarize=config.data.binarize == "dynamic")
             except NonFiniteLoss as fault:
                 raise _divergence(out, epoch + 1, fault) from None
             seconds = time.perf_counter() - started
