@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from vaescope import config as config_mod
+from vaescope.checkpoint import load_run
 from vaescope.config import LossConfig, StatsConfig
 from vaescope.data import Dataset
 from vaescope.engine import images_to_device, make_optimizer, train_epoch
@@ -133,7 +134,8 @@ def test_ablation_arm_on_a_tiny_3d_model(tiny_dataset):
     mean, cov = fit_gaussian(arm.codes)
     assert arm.fitted_kl == pytest.approx(gaussian_kl_to_standard(mean, cov))
     summary = arm.summary()
-    assert summary["nearest_code_distance"] > 0 and summary["prior_reference_distance"] > 0
+    # the distances are the nearest-code distance of the arm's own codes and prior samples
+    assert summary["nearest_code_distance"] == pytest.approx(arm.nearest_code_distance)
     with pytest.raises(VaescopeError, match="3-D"):
         ablation_arm(tiny_model(tiny_dataset, 2, epochs=0), tiny_dataset.x_test, tiny_dataset.y_test, settings)
     with pytest.raises(VaescopeError, match="labels"):
@@ -179,8 +181,10 @@ def collapse_result(tiny_dataset, trained4):
     x = images_to_device(tiny_dataset.x_test, torch.device("cpu"))
     strongest = int(np.argmax(choose_variable(trained4, x, "bernoulli", StatsConfig())[2]))
     before = [p.detach().clone() for p in trained4.parameters()]
-    settings = NoiseCollapseSettings(variable=strongest, noise_step=5.0, max_noise_epochs=4, max_hold_epochs=40,
-                                     max_recovery_epochs=5, settle_epochs=1, batch_size=32, lr=3e-3)
+    # Steps of 2 up to std 24: the strongest variable (gain ~11 nats, codes of std ~1) gives in
+    # gradually, not at the first step, and the loop goes through every phase.
+    settings = NoiseCollapseSettings(variable=strongest, noise_step=2.0, max_noise_epochs=12, max_hold_epochs=40,
+                                     max_recovery_epochs=30, settle_epochs=1, batch_size=32, lr=3e-3)
     result = noise_collapse(trained4, tiny_dataset.x_train, tiny_dataset.x_test, LossConfig(), settings)
     # The caller's model is untouched.
     assert all(torch.equal(a, b) for a, b in zip(before, trained4.parameters()))
@@ -194,25 +198,28 @@ def test_noise_collapse_loop_on_a_tiny_model(collapse_result):
     phases = [r["phase"] for r in rows]
     assert phases[0] == "start" and phases == sorted(phases, key=["start", "noise", "hold", "recovery"].index)
     noise = [r for r in rows if r["phase"] == "noise"]
-    assert [r["noise_std"] for r in noise] == [5.0 * (i + 1) for i in range(len(noise))]
+    assert [r["noise_std"] for r in noise] == [2.0 * (i + 1) for i in range(len(noise))]
+    assert len(noise) == 12 and [r["gain"] for r in noise][-1] < 0.2 * rows[0]["gain"]  # raised to the limit
     # Raising stopped at the first epoch where gain < KL (or collapse), or at the limit.
     for r in noise[:-1]:
         assert r["gain"] >= r["kl"] and not r["collapsed"]
     assert all(r["noise_std"] == result.noise_at_stop for r in rows if r["phase"] == "hold")
     assert all(r["noise_std"] == 0.0 for r in rows if r["phase"] == "recovery")
-    assert 0 < len([r for r in rows if r["phase"] == "recovery"]) <= 5
+    assert 0 < len([r for r in rows if r["phase"] == "recovery"]) <= 30
     assert result.gain_before == rows[0]["gain"] and result.gain_after == rows[-1]["gain"]
     assert result.recovered_fraction == pytest.approx(result.gain_after / result.gain_before)
-    # Noise of std 20 against codes of std ~1 destroys the strongest variable of this tiny model.
+    # Held at std 24, the variable collapses after some epochs of hold, not at once.
     assert result.gain_before > 1 and result.collapsed
     at = rows[result.collapse_epoch]
     assert at["mu_variance"] < 0.01 and at["sigma2_mean"] > 0.8 and at["phase"] in ("noise", "hold")
     assert all(not r["collapsed"] for r in rows[: result.collapse_epoch])
-    assert result.recovered == rows[-1]["active"]
-    if result.recovery_epoch is not None:  # the final streak of active epochs without noise
-        assert all(r["active"] and r["phase"] == "recovery" for r in rows[result.recovery_epoch:])
-        before = rows[result.recovery_epoch - 1]
-        assert before["phase"] != "recovery" or not before["active"]
+    assert rows[result.collapse_epoch]["phase"] == "hold"
+    # Without noise it comes back, and stays active for settle_epochs + 1 epochs in a row.
+    assert result.recovered and rows[-1]["active"]
+    assert all(r["active"] and r["phase"] == "recovery" for r in rows[result.recovery_epoch:])
+    assert len(rows[result.recovery_epoch:]) == 2  # settle_epochs + 1: the streak ends the loop
+    before = rows[result.recovery_epoch - 1]
+    assert before["phase"] != "recovery" or not before["active"]
     payload = result.to_dict()
     assert {"variable", "collapsed", "collapse_epoch", "gain_before", "recovered", "gain_after",
             "recovered_fraction"} <= set(payload)
@@ -290,18 +297,22 @@ def test_reproduce_runs_the_dynamic_steps_and_writes_their_keys(tmp_path, tiny_d
                              data_source=str(tiny_npz), progress=False)
     results = reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset)
     stored = json.loads((tmp_path / "results.json").read_text())
-    assert stored == json.loads(json.dumps(results))
     collapse = stored["noise_collapse"]
     assert {"variable", "collapsed", "collapse_epoch", "gain_before", "recovered", "gain_after",
             "recovered_fraction"} <= set(collapse)
-    assert collapse["variable"] is not None and collapse["gain_before"] > 0 and len(collapse["history"]) > 1
-    for arm in ("with_sampling", "without_sampling"):
-        assert stored["kl_ablation"][arm]["nearest_code_distance"] > 0
-        assert stored["kl_ablation"][arm]["gaussian_fit_kl"] > 0
-    assert stored["kl_ablation"]["without_sampling"]["model"] == "dense3_no_sampling-seed0"
+    assert collapse["gain_before"] == collapse["history"][0]["gain"]
+    # The KL of the Gaussian fitted to each arm's codes, recomputed from its stored run.
+    for arm, run_name in (("with_sampling", "dense3-seed0"), ("without_sampling", "dense3_no_sampling-seed0")):
+        assert stored["kl_ablation"][arm]["model"] == run_name
+        model = load_run(tmp_path / "runs" / run_name).model
+        n = stored["kl_ablation"][arm]["n_codes"]
+        with torch.no_grad():
+            codes = model.encode(torch.from_numpy(tiny_dataset.x_test[:n]).float() / 255)[0].double().numpy()
+        mean, cov = fit_gaussian(codes)
+        assert stored["kl_ablation"][arm]["gaussian_fit_kl"] == pytest.approx(gaussian_kl_to_standard(mean, cov),
+                                                                            rel=1e-5)
     trajectories_block = stored["trajectories"]
     assert (tmp_path / trajectories_block["animation"]).is_file()
-    assert trajectories_block["sigma2_mean_start"] > 0 and trajectories_block["sigma2_mean_end"] > 0
     assert trajectories_block["epochs"] == 10
     page = (tmp_path / "report.html").read_text()
     assert re.findall(r'<section id="([^"]+)"', page) == ["noise-collapse", "kl-ablation", "trajectories",

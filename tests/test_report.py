@@ -115,9 +115,19 @@ def test_sparsity_figures_draw_their_data() -> None:
     assert sorted(float(ln.get_xdata()[0]) for ln in marker) == pytest.approx([0.2, 0.5])
 
     images = np.random.default_rng(0).uniform(size=(4, 1, 6, 6))
-    figs.generation_figure(images, images, 2)
-    figs.reconstruction_gain_figure({"dense16": (np.arange(5.0), law.active)})
-    figs.log_variance_figure({"dense16": law})
+    fig = figs.generation_figure(images, 1 - images, 2)
+    top, bottom = fig.axes
+    # each row shows its own images, side by side: the first image's pixels at the left of the row
+    np.testing.assert_allclose(top.images[0].get_array()[:6, :6], images[0, 0])
+    np.testing.assert_allclose(bottom.images[0].get_array()[:6, :6], 1 - images[0, 0])
+    fig = figs.reconstruction_gain_figure({"dense16": (np.array([2.0, 0.5, 1e-9, 0.0, 3.0]), law.active)})
+    bars = fig.axes[0].patches
+    # bars rise from the floor 1e-5 to the gain (a gain below the floor gets no height)
+    assert [b.get_y() + b.get_height() for b in bars] == pytest.approx([2.0, 0.5, 1e-5, 1e-5, 3.0])
+    fig = figs.log_variance_figure({"dense16": law})
+    points = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(points[:, 0], law.log_mean_sigma2)
+    np.testing.assert_allclose(points[:, 1], law.mean_log_sigma2)
     fig = figs.no_kl_figure({"a": law.mu_variance}, {"a": np.array([3.0, -1e-4, 2.0, 0.0, 1.0])}, 0.01)
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [3.0, 2.0, 1.0, 1e-5, 1e-5])
     fig = figs.run_to_run_figure({"dense16": count_spread([0, 1], [8, 9]), "x": count_spread([0, 1], [0, 0])},
