@@ -119,7 +119,7 @@ def test_terminal_table_shows_every_criterion_and_the_summary() -> None:
     assert [r[6] for r in rows] == ["active", "INACTIVE", "active", "active", "active"]
     assert [r[-1] for r in rows] == ["on", "off", "between", "between", "between"]
     assert rows[2][8:13] == ["x", ".", "x", ".", "."]  # s2, KL 0.01, KL 0.1, I, gain for variable 2
-    assert "1 of 5 variables inactive (Var(mu) < 0.01); by mean sigma^2 > 0.8" in text
+    assert "1 of 5 variables inactive (Var(mu) < 0.01); by mean s2 > 0.8: 3; by KL < 0.01: 1" in text
     assert "by KL < 0.1 (NVAE): 3" in text
     assert "the rules disagree on variable(s) 2, 3" in text
     assert "polarised: 1 clearly on, 1 clearly off, 3 in between" in text

@@ -280,6 +280,25 @@ def test_per_variable_information_is_zero_for_inactive_variables_of_a_trained_mo
     assert mi.joint <= math.log(len(tiny_dataset.x_test)) + 1e-7
 
 
+
+@pytest.mark.slow
+def test_dense16_on_mnist_carries_information_only_in_its_active_variables(tmp_path) -> None:
+    from vaescope.data import load_dataset
+    from vaescope.stats import latent_statistics
+    from vaescope.train import train
+
+    cfg = config_mod.resolve("dense16", overrides=["train.epochs=8", "train.threads=1"])
+    model = train(cfg, tmp_path / "run", progress=False).model
+    x = load_dataset("mnist").x_test
+    stats = latent_statistics(model, x)
+    mi = mutual_information(model, x)
+    inactive = ~stats.active
+    assert 6 <= inactive.sum() <= 11  # about 9 of 16 after 8-10 epochs (the sparsity article: 8)
+    assert np.all(np.abs(mi.per_variable[inactive]) < 0.01)
+    assert np.all(mi.per_variable[stats.active] > 0.5)
+    # An encoder that tells 10,000 digits apart sits just below the estimator's ceiling log N = 9.21.
+    assert 8.5 < mi.joint <= math.log(len(x)) + 1e-7
+
 # ---------------------------------------------------------------------------- binarisation
 
 def test_static_binarisation_is_one_fixed_bernoulli_sample() -> None:

@@ -92,11 +92,6 @@ class Rule:
         c = CRITERIA[self.criterion]
         return f"{c.label} {'>=' if c.active_above else '<='} {self.threshold:g}"
 
-    @property
-    def inactive_label(self) -> str:
-        c = CRITERIA[self.criterion]
-        return f"{c.label} {'<' if c.active_above else '>'} {self.threshold:g}"
-
 
 def usual_rules(thresholds: StatsConfig | None = None) -> tuple[Rule, ...]:
     """The rules of the literature, with the run's thresholds for Var(mu), mean sigma^2 and KL."""

@@ -39,8 +39,14 @@ from .errors import VaescopeError
 from .objectives import log_likelihood
 
 LOG_2PI = math.log(2.0 * math.pi)
-BLOCK_ELEMENTS = 2**18  # entries of one block of pairwise densities (1-2 MB: stays in cache)
-IWAE_ROWS = 8192        # codes decoded at once by the importance-weighted bound
+# Work per step, by device: on a CPU, blocks that stay in cache; on an accelerator, large blocks
+# (few kernel launches). BLOCK: pairwise densities of the mixture; ROWS: codes decoded at once.
+BLOCK_ELEMENTS = {"cpu": 2**18, "accelerator": 2**24}
+IWAE_ROWS = {"cpu": 2048, "accelerator": 2**16}
+
+
+def _per_device(sizes: dict[str, int], device: torch.device) -> int:
+    return sizes["cpu" if device.type == "cpu" else "accelerator"]
 
 
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -145,7 +151,7 @@ def _evaluating(model: LatentModelAdapter) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         model.train(was_training)
@@ -256,14 +262,14 @@ def mutual_information(
     seed: int = 0,
     per_variable: bool = True,
     batch_size: int = 2000,
-    block_elements: int = BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     device: str | torch.device | None = None,
 ) -> MutualInformation:
     """I(x; z) and I(x; z_j) of ``model``'s encoder over ``images`` ``(N, C, H, W)`` (He et al. 2019).
 
     ``samples``: codes drawn from each q(z|x_i) (noise from a generator seeded with ``seed`` on
     the model's device). The aggregate posterior is the mixture of all N posteriors, summed in
-    blocks of ``block_elements`` pairwise densities. Every estimate is at most log N (see the
+    blocks of ``block_elements`` pairwise densities (default: :data:`BLOCK_ELEMENTS` for the device). Every estimate is at most log N (see the
     module docstring). ``per_variable=False`` skips I(x; z_j) (its cost is D times the joint's).
     """
     if samples < 1:
@@ -272,6 +278,7 @@ def mutual_information(
     started = time.perf_counter()
     mu, logvar = encode_all(model, images, batch_size, device)
     n, dim = mu.shape
+    block_elements = block_elements or _per_device(BLOCK_ELEMENTS, mu.device)
     generator = torch.Generator(device=mu.device).manual_seed(seed)
     eps = torch.randn((samples, n, dim), generator=generator, device=mu.device, dtype=mu.dtype)
     z = (mu + torch.exp(0.5 * logvar) * eps).reshape(samples * n, dim)         # (S N, D)
@@ -321,14 +328,15 @@ def importance_weighted_bound(
     kind: str | None = None,
     binarize: str = "none",
     seed: int = 0,
-    rows: int = IWAE_ROWS,
+    rows: int | None = None,
     device: str | torch.device | None = None,
 ) -> ImportanceWeightedBound:
     """The importance-weighted bound (Burda et al. 2016) of each K in ``ks`` over ``images`` ``(N, C, H, W)``.
 
     ``kind``: the decoder's likelihood ("bernoulli" or "gaussian"; default: what the model says,
     else "bernoulli"). ``binarize``: how ``images`` were binarised, recorded with the result.
-    Images go ``max(1, rows // max(ks))`` at a time; at most ``rows`` codes are decoded at once.
+    Images go ``max(1, rows // max(ks))`` at a time; at most ``rows`` codes are decoded at once
+    (default: :data:`IWAE_ROWS` for the device).
     Noise comes from a generator seeded with ``seed`` on the model's device.
     """
     ks = tuple(int(k) for k in ks)
@@ -338,6 +346,7 @@ def importance_weighted_bound(
     kind = kind or model.reconstruction or "bernoulli"
     pool = max(ks)
     device = torch.device(device) if device is not None else model.device
+    rows = rows or _per_device(IWAE_ROWS, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     started = time.perf_counter()
     sums = torch.zeros(2, len(ks), dtype=torch.float64, device=device)        # sum and sum of squares

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .criteria import CriteriaTable
+from .criteria import CriteriaTable, Rule
 from .measures import ImportanceWeightedBound, MutualInformation
 from .stats import LatentStatistics
 
@@ -44,6 +44,15 @@ def latent_table(stats: LatentStatistics, title: str | None = None) -> str:
 _SHORT = {"mu_variance": "Var", "sigma2_mean": "s2", "kl_mean": "KL", "mi": "MI", "reconstruction_gain": "gain"}
 
 
+def _inactive_label(rule: Rule) -> str:
+    """``KL < 0.1 (NVAE)``, ``gain < 1% of largest``: short, for the summary line."""
+    if rule.criterion == "reconstruction_gain":
+        return f"gain < {rule.threshold:.0%} of largest"
+    name = {"sigma2_mean": "mean s2", "kl_mean": "KL", "mi": "I(x;zj)"}.get(rule.criterion, rule.criterion)
+    sign = ">" if rule.criterion == "sigma2_mean" else "<"
+    return f"{name} {sign} {rule.threshold:g}" + (" (NVAE)" if rule.source == "NVAE" else "")
+
+
 def criteria_text(stats: LatentStatistics, table: CriteriaTable, mi: MutualInformation | None = None,
                   bound: ImportanceWeightedBound | None = None, title: str | None = None) -> str:
     """Table 1 with every activity criterion side by side, one row per variable, then the inactive
@@ -71,8 +80,7 @@ def criteria_text(stats: LatentStatistics, table: CriteriaTable, mi: MutualInfor
                      f"{stats.variance_law[j]:>6.3f}  {stats.kl_mean[j]:>7.4f}  {information}  "
                      f"{'active' if stats.active[j] else 'INACTIVE':<8}  {gain} {verdicts}  {table.polarisation[j]}")
     lines.append("-" * len(header))
-    by_rule = "; ".join(f"by {r.inactive_label} ({r.source}): {table.latent_dim - table.active_count(r)}"
-                        for r in others)
+    by_rule = "; ".join(f"by {_inactive_label(r)}: {table.latent_dim - table.active_count(r)}" for r in others)
     lines.append(f"{stats.inactive_count} of {stats.latent_dim} variables inactive "
                  f"(Var(mu) < {stats.thresholds.mu_variance_threshold:g}); {by_rule}")
     p = table.polarisation_counts()
