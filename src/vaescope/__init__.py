@@ -22,9 +22,11 @@ from .stats import LatentStatistics, latent_statistics
 from .sweep import sweep  # the function: binding it here keeps `vaescope.sweep` callable after the module loads
 
 __all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "Run", "VaescopeError", "as_latent_model",
-           "inspect", "latent_statistics", "load_dataset", "load_run", "sweep"]
+           "criteria_table", "importance_weighted_bound", "inspect", "latent_statistics", "load_dataset", "load_run",
+           "mutual_information", "sweep"]
 
-_LAZY = {"LatentMonitor": "monitor", "inspect": "inspection"}  # these import matplotlib / the run files
+_LAZY = {"LatentMonitor": "monitor", "inspect": "inspection",  # these import matplotlib / the run files
+         "mutual_information": "measures", "importance_weighted_bound": "measures", "criteria_table": "criteria"}
 
 
 def __getattr__(name: str) -> Any:
