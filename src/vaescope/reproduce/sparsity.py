@@ -4,7 +4,9 @@ Steps, in order: train or reuse dense16, dense16_no_kl and conv16 for every seed
 along training; Table 1 for both nets; generation with inactive variables zeroed; the
 reconstruction gain per variable; the variance law and the stationary condition; sparsity without
 the KL term; run-to-run variation. Each step reads runs from the :class:`Context`, calls the pure
-functions of :mod:`vaescope.experiments`, and adds numbers, figures and a report section.
+functions of :mod:`vaescope.experiments`, and adds numbers, figures and a report section; the
+per-model tables and texts (Table 1, gains, generation) come from :mod:`vaescope.sections`, which
+``vaescope inspect`` uses too.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import numpy as np
 from ..experiments.generation import generation_check, generation_rows
 from ..experiments.reconstruction_gain import reconstruction_gain
 from ..experiments.run_to_run import count_spread
-from ..experiments.sparsity_table import ARTICLE_INACTIVE_COUNTS, article_comparison, variable_rows
+from ..experiments.sparsity_table import ARTICLE_INACTIVE_COUNTS, article_comparison
 from ..experiments.variance_law import stationary_curves, variance_law
 from ..experiments.variance_trace import variance_trace
 from ..figures import sparsity as figs
 from ..report import Paragraph, Section, Table
+from ..sections import GENERATION_TEXT, criteria_counts, gain_summary_row, gain_table, generation_table, table1_table
 from .context import Context, Settings, Step, TrainedRun
 from .text import architecture
 
@@ -43,14 +46,6 @@ def steps(settings: Settings) -> list[Step]:
 
 def _first(ctx: Context, model: str) -> TrainedRun:
     return ctx.trained(model, ctx.seeds[0])
-
-
-def _g(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _e(x: float) -> str:
-    return f"{x:.3e}"
 
 
 # ---------------------------------------------------------------------------- steps
@@ -87,19 +82,10 @@ def variance_along_training(ctx: Context) -> None:
 
 
 def _table(tr: TrainedRun, model: str) -> Table:
-    rows = variable_rows(tr.stats)
-    t = tr.stats.thresholds
     cmp = article_comparison(model, tr.stats.inactive_count, tr.stats.latent_dim)
     article_note = f"; the sparsity article reports {cmp.article} of {cmp.latent_dim}" if cmp.article is not None else ""
-    return Table(
-        ["variable", "Var(mu)", "mean sigma^2", "Var(mu) + mean sigma^2", "mean KL (nats)", "verdict"],
-        [[str(r.index), _e(r.mu_variance), _e(r.sigma2_mean), f"{r.variance_law:.4f}", f"{r.kl_mean:.4f}",
-          "active" if r.active else "INACTIVE"] for r in rows],
-        highlight=frozenset(r.index for r in rows if not r.active),
-        caption=(f"{model}, seed {tr.seed}: {tr.stats.inactive_count} of {tr.stats.latent_dim} inactive{article_note}. "
-                 f"By the other criteria: mean sigma^2 > {t.sigma2_threshold:g}: {int(tr.stats.inactive_by_sigma2.sum())}; "
-                 f"mean KL < {t.kl_threshold:g} nats: {int(tr.stats.inactive_by_kl.sum())}."),
-    )
+    return table1_table(tr.stats, f"{model}, seed {tr.seed}: {tr.stats.inactive_count} of {tr.stats.latent_dim} "
+                                  f"inactive{article_note}. Inactive by each criterion: {criteria_counts(tr.stats)}.")
 
 
 def table1(ctx: Context) -> None:
@@ -158,26 +144,10 @@ def generation(ctx: Context) -> None:
                        f"Top: digits decoded from {len(full)} normal samples of all {tr.stats.latent_dim} variables "
                        "(dense16). "
                        "Bottom: the same samples with the inactive variables set to 0.")
-    def cell(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2e}"
-
-    rows = [[m, str(len(d["inactive_variables"])), cell(d["inactive_zeroed_mean_abs_diff"]),
-             f"{cell(d['active_zeroed_mean_abs_diff'])} ({len(d['control_variables'])} zeroed)",
-             cell(d["single_active_zeroed_mean_abs_diff"]), cell(d["active_zeroed_random_mean_abs_diff"])]
-            for m, d in per_model.items()]
     ctx.sections.append(Section("generation", "Generation with the inactive variables zeroed", [
         image,
-        Paragraph(f"To make \"indistinguishable\" checkable: over {n} normal samples, the mean absolute "
-                  "difference of the decoded pixel means (sigmoid of the logits, in [0, 1]) caused by zeroing the "
-                  "inactive variables, against the control of zeroing as many active variables (all of them when "
-                  "fewer are active). The control zeroes the active variables with the lowest mean KL, the least "
-                  "informative ones, so it is the smallest effect that many active variables could have. Beside "
-                  "it: zeroing only the single lowest-KL active variable, and the mean over "
-                  f"{dense['random_draws'] or 'no'} random choices of active variables (shown only when there is "
-                  "a choice)."),
-        Table(["model", "inactive", "inactive zeroed", "control: lowest-KL active zeroed",
-               "one lowest-KL active zeroed", "random active zeroed (mean)"], rows,
-              caption="Mean absolute pixel difference."),
+        Paragraph(GENERATION_TEXT.format(n=n)),
+        generation_table({m: ctx.generation[m] for m in SPARSE_MODELS}),
     ]))
 
 
@@ -198,24 +168,14 @@ def reconstruction_gains(ctx: Context) -> None:
     image = ctx.figure(figs.reconstruction_gain_figure(gains), "reconstruction_gain",
                        "Test-set reconstruction error with mu_j set to 0 minus the error with nothing zeroed, "
                        "log scale; a triangle marks a gain below 1e-5 (zero, or slightly negative).")
-    summary = []
-    for model, (gain, active) in gains.items():
-        inactive = gain[~active]
-        summary.append([model, _g(float(np.abs(inactive).max())) if len(inactive) else "-",
-                        _g(float(gain[active].min())) if active.any() else "-",
-                        _g(float(gain[active].max())) if active.any() else "-"])
-    dense_gain, dense_active = gains["dense16"]
+    summary = [gain_summary_row(model, gain, active) for model, (gain, active) in gains.items()]
     ctx.sections.append(Section("reconstruction-gain", "Reconstruction gain per variable", [
         Paragraph("The gain of variable j: the mean test-set reconstruction error (nats per image, the code is "
                   "mu) with mu_j set to 0 minus the error with nothing zeroed. Inactive variables should gain ~0."),
         image,
         Table(["model", "max |gain|, inactive", "min gain, active", "max gain, active"], summary,
               caption="Gains in nats per image."),
-        Table(["variable", "gain (nats / image)", "verdict"],
-              [[str(j), _g(float(dense_gain[j])), "active" if dense_active[j] else "INACTIVE"]
-               for j in range(len(dense_gain))],
-              highlight=frozenset(int(j) for j in np.flatnonzero(~dense_active)),
-              caption=f"dense16, seed {ctx.seeds[0]}."),
+        gain_table(ctx.gains["dense16"], gains["dense16"][1], f"dense16, seed {ctx.seeds[0]}."),
     ]))
 
 
