@@ -297,7 +297,8 @@ def sweep(preset: str | None, config_file: Path | None, grid_texts: tuple[str, .
                      ray=ray_address, progress=not quiet)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        raise VaescopeError(f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['run']}: {failed[0]['error']}); "
+        first = failed[0]["error"] if len(failed[0]["error"]) <= 300 else failed[0]["error"][:300] + " ..."
+        raise VaescopeError(f"{len(failed)} of {len(rows)} runs failed (first: {failed[0]['run']}: {first}); "
                             f"see {out / 'sweep.json'}, and run the same command again to retry them")
     click.echo(f"swept {len(rows)} runs into {out}; open {out / 'report.html'}")
 
