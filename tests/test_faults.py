@@ -8,11 +8,13 @@ import contextlib
 import csv
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,19 +22,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, LogLines
+from faultchild import tiny_reproduce_settings
 from safetensors.torch import load_file
 
-from vaescope import rundir as analysis
 from vaescope import config as config_mod
+from vaescope import rundir as analysis
 from vaescope import train as train_mod
 from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
 from vaescope.data import Dataset
 from vaescope.errors import VaescopeError
 from vaescope.manifest import FINAL_FILES, verify_run
-from vaescope.storage import directory_lock
+from vaescope.reproduce import reproduce
 from vaescope.rundir import read_metrics, read_trace
+from vaescope.storage import directory_lock
 from vaescope.train import train
 
 CHILD = Path(__file__).with_name("faultchild.py")
@@ -310,6 +314,91 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, tiny_npz):
     finally:
         first.kill()
         first.wait()
+
+
+def comparable(results: dict) -> dict:
+    """``results.json`` without what may differ between an uninterrupted and a continued command:
+    wall times, and whether a model was trained by this process or reused."""
+    out = {k: v for k, v in results.items() if k != "timing"}
+    out["models"] = {name: {k: v for k, v in block.items() if k not in ("train_seconds", "reused")}
+                     for name, block in results["models"].items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_reproduction(tmp_path_factory, tiny_npz) -> dict:
+    settings, steps = tiny_reproduce_settings(tiny_npz)
+    out = tmp_path_factory.mktemp("reproduce-reference")
+    reproduce(settings, out, steps=steps)
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_reproduce_into_one_folder(tmp_path, tiny_npz, uninterrupted_reproduction):
+    """The first (a child, paused in dense16 seed 1's second epoch) holds the folder: a second
+    ``vaescope reproduce`` is refused naming its PID; one with ``--wait`` says so once and waits;
+    the first is then SIGKILLed, and the waiting one continues its work to the same results."""
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    first = start_child("step:27", marker, ["tiny-reproduce", str(tiny_npz), str(out)])
+    try:
+        wait_for(marker, first)
+        before = snapshot(out)
+        result = CliRunner().invoke(cli, ["reproduce", "--quick", "--out", str(out)])
+        assert result.exit_code == 2
+        assert one_error_line(result.output) == (
+            f"Error: output folder {out} is in use by process {first.pid}; wait for it to finish (--wait queues "
+            "behind it) or choose another --out")
+        assert snapshot(out) == before  # refused before touching anything (or loading MNIST)
+
+        waiting = threading.Event()
+
+        class Watch(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "waiting for it to finish" in record.getMessage():
+                    waiting.set()
+
+        def kill_the_first_once_the_second_waits() -> None:
+            waiting.wait(timeout=120)  # on a timeout the kill still comes, and the assertions below fail
+            first.send_signal(signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_the_first_once_the_second_waits)
+        watch = Watch()
+        logging.getLogger("vaescope").addHandler(watch)
+        killer.start()
+        settings, steps = tiny_reproduce_settings(tiny_npz)
+        with LogLines() as lines:
+            results = reproduce(settings, out, steps=steps, wait=True)
+        killer.join()
+        logging.getLogger("vaescope").removeHandler(watch)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    assert [line for line in lines if "waiting" in line] == [
+        f"output folder {out} is in use by process {first.pid}; waiting for it to finish"]
+    assert f"reusing {out}/runs/dense16-seed0 (same config)" in lines  # finished before the kill
+    assert f"resuming {out}/runs/dense16-seed1 from epoch 1 (step 8)" in lines  # killed in its epoch 2
+    assert comparable(results) == comparable(uninterrupted_reproduction)
+    assert comparable(json.loads((out / "results.json").read_text())) == comparable(uninterrupted_reproduction)
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_a_reused_run_whose_weights_changed_is_rebuilt(tmp_path, tiny_npz):
+    settings, steps = tiny_reproduce_settings(tiny_npz)
+    train_step = [s for s in steps if s.id == "train"]
+    reproduce(settings, tmp_path, steps=train_step)
+    weights = tmp_path / "runs" / "conv16-seed1" / "model.safetensors"
+    good = weights.read_bytes()
+    raw = bytearray(good)
+    raw[-1] ^= 0x01
+    weights.write_bytes(bytes(raw))
+    with LogLines() as lines:
+        results = reproduce(settings, tmp_path, steps=train_step)
+    assert results["models"]["conv16"]["reused"] == [True, False]
+    assert f"{weights} changed since the run finished (its SHA-256 is not the one in manifest.json); rewriting " \
+           "it from the last checkpoint" in lines
+    assert weights.read_bytes() == good
 
 
 def test_a_lock_left_by_a_dead_process_is_stale(tmp_path):

