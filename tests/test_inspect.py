@@ -24,7 +24,7 @@ from vaescope.monitor import LatentMonitor
 from vaescope.rundir import read_trace, run_statistics
 from vaescope.train import train
 
-SECTIONS = ["table1", "variance-trace", "reconstruction-gain", "generation", "variance-law"]
+SECTIONS = ["table1", "criteria", "variance-trace", "reconstruction-gain", "generation", "variance-law"]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,11 @@ def test_a_latent_map_gets_a_per_channel_summary(tmp_path, tiny_dataset):
     assert channels[0]["gain_sum"] == pytest.approx(gain[:4].sum())
     assert result.results["model"]["latent_shape"] == [2, 2, 2]
     assert result.results["generation"]["inactive_zeroed_mean_abs_diff"] > 0  # prior samples of channel 1 move pixels
+    # channel 1's posterior is the same for every input: no information, and every rule calls it off
+    assert np.allclose(result.results["mutual_information"]["per_variable"][4:], 0.0, atol=1e-7)  # float32 codes
+    counts = {r["key"]: r["active_count"] for r in result.results["criteria"]["rules"]}
+    assert all(counts[k] == 4 for k in ("mu_variance@0.01", "sigma2_mean@0.8", "kl_mean@0.01", "mi@0.01"))
+    assert result.results["criteria"]["polarisation"]["off"] == 4
     markdown = (tmp_path / "report.md").read_text()
     assert "| **1,1,0** |" in markdown and "| 0,1,1 |" in markdown and 'id="channels"' in (tmp_path / "report.html").read_text()
 

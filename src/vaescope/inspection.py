@@ -25,16 +25,19 @@ from torch import nn
 
 from .adapters import as_latent_model
 from .config import StatsConfig
+from .criteria import criteria_table, threshold_sweeps
 from .data import Dataset, load_dataset
 from .errors import VaescopeError
 from .experiments.generation import generation_check, generation_rows
 from .experiments.reconstruction_gain import ReconstructionGain, reconstruction_gain
 from .experiments.variance_law import variance_law
 from .experiments.variance_trace import variance_trace
+from .measures import mutual_information
 from .report import Paragraph, Section, write_report
 from .rundir import TRACE_FILE, Trace, read_trace
 from .sections import (
     channels_section,
+    criteria_section,
     figure_sink,
     generation_section,
     reconstruction_gain_section,
@@ -105,7 +108,7 @@ def _trace(trace: Trace | str | Path | None) -> tuple[Trace | None, str]:
 def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path | None = None,
             split: str = "test", reconstruction: str | None = None, thresholds: StatsConfig | None = None,
             samples: int = 1000, seed: int = 0, label: str | None = None, title: str | None = None,
-            batch_size: int = 1000) -> InspectResult:
+            batch_size: int = 1000, mi_images: int = 2000) -> InspectResult:
     """Measure one model and write ``out/report.html``, ``out/report.md``, ``out/figures/``, ``out/inspect.json``.
 
     ``model``: anything :func:`vaescope.as_latent_model` accepts. ``data``: images ``(N, C, H, W)``
@@ -113,7 +116,9 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
     ``split``). ``trace``: a recorded trace, or the folder holding its ``trace.csv``.
     ``reconstruction``: "bernoulli" or "gaussian" for the gains (default: what the model says,
     e.g. a pythae model's ``reconstruction_loss``, else "bernoulli"). ``samples``: prior samples
-    for the generation check. The model's train/eval modes are put back as they were.
+    for the generation check. ``mi_images``: the first images over which I(x; z_j) is estimated for
+    the criteria (its cost grows as their square; 0 leaves it out). The model's train/eval modes are
+    put back as they were.
     """
     adapter = as_latent_model(model)
     x, described = _images(data, split)
@@ -129,6 +134,7 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
         gain = reconstruction_gain(adapter, x, kind, batch_size=batch_size)
         check = generation_check(adapter, stats.active, stats.kl_mean, n_samples=samples, seed=seed)
         full, zeroed = generation_rows(adapter, stats.active, n=10, seed=seed)
+        mi = mutual_information(adapter, x[:mi_images], seed=seed, batch_size=batch_size) if mi_images else None
     law = variance_law(stats)
     sections: list[Section] = [table1_section(stats, label, shape)]
     results: dict[str, Any] = {
@@ -146,6 +152,13 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
         traced = variance_trace(recorded, thresholds.mu_variance_threshold)
         sections.append(trace_section(traced, sink, label, source))
         results["trace"] = {"source": source, **traced.to_dict()}
+    criteria = criteria_table(stats, None if mi is None else mi.per_variable, gain.gain[np.argsort(gain.variables)])
+    mi_note = ("" if mi is None else f"I(x; z_j) is estimated over the first {mi.n} images (He et al. 2019); no "
+               f"estimate over n images exceeds log n = {mi.log_n:.2f} nats.")
+    sections.append(criteria_section(criteria, threshold_sweeps(criteria), sink, label, mi_note))
+    results["criteria"] = criteria.to_dict()
+    if mi is not None:
+        results["mutual_information"] = mi.to_dict()
     sections.append(reconstruction_gain_section(gain, stats.active, sink, label, shape))
     sections.append(generation_section(check, full, zeroed, sink, label))
     sections.append(variance_law_section(law, sink, label, shape))

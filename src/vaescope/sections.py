@@ -15,12 +15,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .adapters import variable_position
+from .criteria import CriteriaTable, ThresholdSweep
 from .experiments.generation import GenerationCheck
 from .experiments.reconstruction_gain import ReconstructionGain
 from .experiments.variance_law import VarianceLaw
 from .experiments.variance_trace import VarianceTrace
 from .figures import sparsity as figs
 from .figures.common import save_png
+from .figures.criteria import criteria_figure
 from .report import Block, Image, Paragraph, Section, Table
 from .stats import LatentStatistics
 
@@ -95,6 +97,23 @@ def channels_section(rows: Sequence[Mapping[str, float | int]]) -> Section:
     return Section("channels", "Per channel", [
         Paragraph("The latents are a map: each element is a variable (named channel,row,column above). Per "
                   "channel, the number of active elements and the means of their statistics."), table])
+
+
+def criteria_section(table: CriteriaTable, sweeps: Sequence[ThresholdSweep], sink: FigureSink, label: str,
+                     mi_note: str = "") -> Section:
+    """Every activity criterion's threshold swept, the usual rules' counts, and where they disagree
+    (from :mod:`vaescope.criteria`); ``mi_note`` says over what I(x; z_j) was estimated."""
+    image = sink(criteria_figure(table, sweeps, label), "criteria",
+                 "Active variables as each criterion's threshold sweeps its range (usual thresholds marked), and "
+                 "the variables on which the rules disagree.")
+    counts = table.polarisation_counts()
+    rules = Table(["rule", "source", "active"], [[r.label, r.source, str(table.active_count(r))] for r in table.rules],
+                  caption=f"{label}: clearly on {counts['on']}, clearly off {counts['off']}, in between "
+                          f"{counts['between']} (every rule agreeing with a margin of {table.margin:.2g}x).")
+    return Section("criteria", "Activity criteria side by side", [
+        Paragraph("Which variables are active depends on the criterion and its threshold: Var(mu), mean sigma^2, "
+                  "mean KL, the information I(x; z_j) and the reconstruction gain relative to the largest. "
+                  + mi_note), image, rules])
 
 
 # ---------------------------------------------------------------------------- trace
