@@ -36,6 +36,7 @@ from .data import Dataset, check_dataset, load_dataset, split_images
 from .engine import (
     EVAL_SEED_OFFSET,
     NonFiniteLoss,
+    TrainingSetup,
     as_float,
     cpu_settings,
     evaluate,
@@ -92,13 +93,21 @@ def train(
     if config is not None and model is not None and not config.model.factory:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, kind=CUSTOM_KIND))
     with directory_lock(out):  # before looking at the directory: a live writer may be changing it
-        intact = _check_finished_files(out) if resume else False
-        config = resolve_run_config(out, config, resume)
-        if resume:  # a killed writer's temporaries; the lock says no live writer owns them
-            remove_temporaries(out)
-            remove_temporaries(out / "checkpoints")
+        config, intact = claim_run(out, config, resume)
         with cpu_settings(config.train.threads):
             return _train_locked(config, out, resume, dataset, progress, model, intact)
+
+
+def claim_run(out: Path, config: Config | None, resume: bool) -> tuple[Config, bool]:
+    """With the lock of ``out`` held: the config to train it with (the one policy,
+    :func:`vaescope.rundir.resolve_run_config`) and whether it is a finished run whose files are
+    intact. Resuming removes a killed writer's temporaries (the lock says no live writer owns them)."""
+    intact = _check_finished_files(out) if resume else False
+    config = resolve_run_config(out, config, resume)
+    if resume:
+        remove_temporaries(out)
+        remove_temporaries(out / "checkpoints")
+    return config, intact
 
 
 def _check_finished_files(out: Path) -> bool:
@@ -115,55 +124,131 @@ def _check_finished_files(out: Path) -> bool:
     return check.intact
 
 
-def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | None, progress: bool,
-                  model: nn.Module | None, intact: bool = False) -> TrainResult:
-    t_cfg = config.train
-    device = select_device(t_cfg.device)
-    data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
+@dataclass
+class RunTensors:
+    """The images a run trains and measures on, on its device: ``x_train`` and ``x_test``
+    ``(N, C, H, W)`` as stored (uint8 or float), ``subset`` the trace's first test images as float."""
+
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+    subset: torch.Tensor
+
+
+def run_tensors(config: Config, data: Dataset, device: torch.device) -> RunTensors:
     # data.binarize: "static" trains on fixed binary images; with "dynamic" or "static" the test
     # split is one fixed binary sample (the literature's binarised test set)
     x_train = images_to_device(split_images(data, "train", config.data.binarize), device)
     x_test = images_to_device(split_images(data, "test", config.data.binarize), device)
-    subset = as_float(x_test[: t_cfg.trace_subset].clone())
-    every = trace_interval(config, len(x_train))
-    steps_per_epoch = math.ceil(len(x_train) / t_cfg.batch_size)
-    setup = prepare_training(config, data.image_shape, device, model)
-    model = setup.model
-    metrics: list[dict[str, Any]] = []
-    timing: list[dict[str, Any]] = []
-    trace = Trace()
-    epoch = step = 0
+    return RunTensors(x_train, x_test, as_float(x_test[: config.train.trace_subset].clone()))
 
+
+@dataclass
+class RunState:
+    """A run as it trains: where it is written, its set-up, and what its checkpoint stores."""
+
+    out: Path
+    config: Config
+    setup: TrainingSetup
+    metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    timing: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    trace: Trace = dataclasses.field(default_factory=Trace)
+    epoch: int = 0
+    step: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.config.train.epochs
+
+    def result(self) -> TrainResult:
+        self.setup.model.eval()
+        return TrainResult(self.out, self.config, self.setup.model, self.metrics, self.trace)
+
+
+def start_run(out: Path, config: Config, setup: TrainingSetup, subset: torch.Tensor, resume: bool) -> RunState:
+    """The state of ``out``: from its newest checkpoint when resuming (weights, Adam, generators,
+    rows, trace), else a new run (``config.json`` written, the trace's first point recorded)."""
+    state = RunState(out, config, setup)
     if resume and has_checkpoint(out):
         ckpt = load_checkpoint(out)
         try:
-            model.load_state_dict(ckpt.model_state)
+            setup.model.load_state_dict(ckpt.model_state)
         except RuntimeError as err:
             raise VaescopeError(f"the checkpoint in {out} does not fit the model: {str(err).splitlines()[0]}; "
                                 "resume with the model the run was started with") from err
         setup.optimizer.load_state_dict(ckpt.optimizer_state)
         for name, generator in setup.generators.items():
             generator.set_state(ckpt.generator_states[name])
-        metrics, timing = ckpt.meta["metrics"], ckpt.meta.get("timing", [])
-        trace = Trace.from_tensors(ckpt.extra)
-        epoch, step = int(ckpt.meta["epoch"]), int(ckpt.meta["step"])
-        log.info("resuming %s from epoch %d (step %d)", out, epoch, step)
+        state.metrics, state.timing = ckpt.meta["metrics"], ckpt.meta.get("timing", [])
+        state.trace = Trace.from_tensors(ckpt.extra)
+        state.epoch, state.step = int(ckpt.meta["epoch"]), int(ckpt.meta["step"])
+        log.info("resuming %s from epoch %d (step %d)", out, state.epoch, state.step)
     else:
         atomic_write_text(out / CONFIG_FILE, config.to_json())
-        trace.record(model, subset, 0, 0.0)
+        state.trace.record(setup.model, subset, 0, 0.0)
+    return state
 
-    finished_before = epoch >= t_cfg.epochs
+
+def end_epoch(state: RunState, tensors: RunTensors, train_means: dict[str, float], seconds: float,
+              name: str = "") -> None:
+    """After an epoch that ended at ``state.step``: the test metrics, the per-epoch files and, every
+    ``checkpoint_every`` epochs and at the last, a checkpoint. ``name`` prefixes the log line."""
+    config, model = state.config, state.setup.model
+    t_cfg = config.train
+    state.epoch += 1
+    epoch = state.epoch
+    test_means = evaluate(model, tensors.x_test, config.loss, seed=t_cfg.seed + EVAL_SEED_OFFSET)
+    end_stats = latent_statistics(model, tensors.subset, batch_size=len(tensors.subset), thresholds=config.stats)
+    row: dict[str, Any] = {"epoch": epoch, "step": state.step}
+    row.update({f"train_{k}": v for k, v in train_means.items()})
+    row.update({f"test_{k}": v for k, v in test_means.items()})
+    row["trace_inactive"] = end_stats.inactive_count
+    state.metrics.append(row)
+    state.timing.append({"epoch": epoch, "seconds": seconds})
+    log.info("%sepoch %d/%d  %5.1fs  train loss %.2f  test loss %.2f (rec %.2f, kl %.2f)  inactive %d/%d",
+             name, epoch, t_cfg.epochs, seconds, train_means["loss"], test_means["loss"],
+             test_means["reconstruction"], test_means["kl"], end_stats.inactive_count, end_stats.latent_dim)
+    write_progress(state.out, state.metrics, state.trace, state.timing)
+    if epoch % t_cfg.checkpoint_every == 0 or epoch == t_cfg.epochs:
+        save_checkpoint(state.out, model, state.setup.optimizer, state.setup.generators, state.trace.to_tensors(),
+                        {"epoch": epoch, "step": state.step, "metrics": state.metrics, "timing": state.timing,
+                         "config": config.to_dict()})
+
+
+def finish_run(state: RunState, image_shape: tuple[int, ...], finished_before: bool) -> TrainResult:
+    """The final files: ``model.safetensors`` and, last, ``manifest.json`` (with
+    ``finished_before``, a finished run resumed to repair its files: the per-epoch files too)."""
+    state.setup.model.eval()
+    if finished_before:  # nothing trained in this call: the per-epoch files again, from the checkpoint
+        write_progress(state.out, state.metrics, state.trace, state.timing)
+    save_weights(state.out / WEIGHTS_FILE, state.setup.model, state.config, image_shape)
+    write_manifest(state.out)  # last: it vouches for the files above
+    return state.result()
+
+
+def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | None, progress: bool,
+                  model: nn.Module | None, intact: bool = False) -> TrainResult:
+    t_cfg = config.train
+    device = select_device(t_cfg.device)
+    data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
+    tensors = run_tensors(config, data, device)
+    subset = tensors.subset
+    every = trace_interval(config, len(tensors.x_train))
+    steps_per_epoch = math.ceil(len(tensors.x_train) / t_cfg.batch_size)
+    setup = prepare_training(config, data.image_shape, device, model)
+    model = setup.model
+    state = start_run(out, config, setup, subset, resume)
+
+    finished_before = state.finished
     if finished_before and intact:
-        log.info("%s is already trained (%d epochs)", out, epoch)
-        model.eval()
-        return TrainResult(out, config, model, metrics, trace)
+        log.info("%s is already trained (%d epochs)", out, state.epoch)
+        return state.result()
 
-    bar = tqdm(total=t_cfg.epochs * steps_per_epoch, initial=step, disable=not progress or None,
+    bar = tqdm(total=t_cfg.epochs * steps_per_epoch, initial=state.step, disable=not progress or None,
                unit="step", dynamic_ncols=True, leave=False)
 
     def on_step(global_step: int, values: dict[str, torch.Tensor]) -> None:
         if global_step % every == 0:
-            trace.record(model, subset, global_step, global_step / steps_per_epoch)
+            state.trace.record(model, subset, global_step, global_step / steps_per_epoch)
             model.train()
         bar.update(1)
         if global_step % 20 == 0 and not bar.disable:
@@ -171,44 +256,23 @@ def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | No
                             kl=f"{values['kl'].item():.2f}", refresh=False)
 
     try:
-        while epoch < t_cfg.epochs:
-            bar.set_description(f"epoch {epoch + 1}/{t_cfg.epochs}")
+        while not state.finished:
+            bar.set_description(f"epoch {state.epoch + 1}/{t_cfg.epochs}")
             started = time.perf_counter()
             try:
-                step, train_means = train_epoch(model, setup.optimizer, x_train, config.loss, t_cfg.batch_size,
-                                                setup.shuffle, setup.noise, step, on_step=on_step,
-                                                binarize=config.data.binarize == "dynamic")
+                state.step, train_means = train_epoch(
+                    model, setup.optimizer, tensors.x_train, config.loss, t_cfg.batch_size, setup.shuffle,
+                    setup.noise, state.step, on_step=on_step, binarize=config.data.binarize == "dynamic")
             except NonFiniteLoss as fault:
-                raise _divergence(out, epoch + 1, fault) from None
-            seconds = time.perf_counter() - started
-            epoch += 1
-            test_means = evaluate(model, x_test, config.loss, seed=t_cfg.seed + EVAL_SEED_OFFSET)
-            end_stats = latent_statistics(model, subset, batch_size=len(subset), thresholds=config.stats)
-            row: dict[str, Any] = {"epoch": epoch, "step": step}
-            row.update({f"train_{k}": v for k, v in train_means.items()})
-            row.update({f"test_{k}": v for k, v in test_means.items()})
-            row["trace_inactive"] = end_stats.inactive_count
-            metrics.append(row)
-            timing.append({"epoch": epoch, "seconds": seconds})
-            log.info("epoch %d/%d  %5.1fs  train loss %.2f  test loss %.2f (rec %.2f, kl %.2f)  inactive %d/%d",
-                     epoch, t_cfg.epochs, seconds, train_means["loss"], test_means["loss"],
-                     test_means["reconstruction"], test_means["kl"], end_stats.inactive_count, end_stats.latent_dim)
-            write_progress(out, metrics, trace, timing)
-            if epoch % t_cfg.checkpoint_every == 0 or epoch == t_cfg.epochs:
-                save_checkpoint(out, model, setup.optimizer, setup.generators, trace.to_tensors(),
-                                {"epoch": epoch, "step": step, "metrics": metrics, "timing": timing,
-                                 "config": config.to_dict()})
+                raise divergence(out, state.epoch + 1, fault) from None
+            end_epoch(state, tensors, train_means, time.perf_counter() - started)
     finally:
         bar.close()
-    model.eval()
-    if finished_before:  # nothing trained in this call: the per-epoch files again, from the checkpoint
-        write_progress(out, metrics, trace, timing)
-    save_weights(out / WEIGHTS_FILE, model, config, data.image_shape)
-    write_manifest(out)  # last: it vouches for the files above
-    return TrainResult(out, config, model, metrics, trace)
+    return finish_run(state, data.image_shape, finished_before)
 
 
-def _divergence(out: Path, epoch: int, fault: NonFiniteLoss) -> VaescopeError:
+def divergence(out: Path, epoch: int, fault: NonFiniteLoss) -> VaescopeError:
+    """The one-line error of a run whose loss or gradient became NaN or infinite."""
     kept = (f"the last good checkpoint (epoch {load_checkpoint_epoch(out)}) is kept in {out / 'checkpoints'}"
             if has_checkpoint(out) else "no checkpoint had been written yet")
     what = ("a gradient became NaN or infinite (the loss was finite)" if fault.gradient
