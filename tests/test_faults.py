@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import importlib
 import json
 import logging
 import os
@@ -399,6 +400,65 @@ def test_a_reused_run_whose_weights_changed_is_rebuilt(tmp_path, tiny_npz):
     assert f"{weights} changed since the run finished (its SHA-256 is not the one in manifest.json); rewriting " \
            "it from the last checkpoint" in lines
     assert weights.read_bytes() == good
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)  # the protocol of storage.directory_lock: flock, then the PID
+os.write(fd, str(os.getpid()).encode())
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(folder: Path, seconds: float) -> subprocess.Popen:
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder / ".lock"), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_waiting_lock_names_the_holder_once_and_gets_the_folder(tmp_path):
+    folder = tmp_path / "sweep"
+    holder = hold_lock(folder, 1.5)
+    try:
+        with pytest.raises(VaescopeError, match=f"sweep folder {folder} is in use by process {holder.pid}; wait"), \
+                directory_lock(folder, "sweep folder"):
+            pass
+        started = time.monotonic()
+        with LogLines() as lines, directory_lock(folder, "sweep folder", wait=True):
+            assert holder.wait(timeout=10) == 0  # the holder ran to its end: the lock is ours only after it
+            assert (folder / ".lock").read_text() == str(os.getpid())
+        assert time.monotonic() - started > 0.5  # it waited (the holder sleeps 1.5 s)
+        assert lines == [f"sweep folder {folder} is in use by process {holder.pid}; waiting for it to finish"]
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_second_sweep_is_refused_and_wait_reaches_it(tmp_path, monkeypatch, tiny_npz):
+    folder = tmp_path / "sweep"
+    holder = hold_lock(folder, 60)
+    try:
+        args = ["sweep", "--preset", "dense16", "--data", str(tiny_npz), "--grid", "model.latent_dim=2,4",
+                "--out", str(folder), "--quiet"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2
+        assert one_error_line(result.output) == (
+            f"Error: sweep folder {folder} is in use by process {holder.pid}; wait for it to finish (--wait queues "
+            "behind it) or choose another --out")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    sweep_mod = importlib.import_module("vaescope.sweep")  # the package exports a function of that name
+
+    seen = []
+    monkeypatch.setattr(sweep_mod, "sweep", lambda *a, **k: seen.append(k["wait"]) or [])
+    assert CliRunner().invoke(cli, [*args, "--wait"]).exit_code == 0 and seen == [True]
 
 
 def test_a_lock_left_by_a_dead_process_is_stale(tmp_path):

@@ -283,9 +283,10 @@ def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: 
               help="Run the runs as Ray tasks: on the cluster at ADDRESS, or alone: a local Ray instance.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Sweep folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--wait", is_flag=True, help="If another sweep is writing into --out, wait for it to finish.")
 def sweep(preset: str | None, config_file: Path | None, grid_texts: tuple[str, ...], seeds: int, epochs: int | None,
           overrides: tuple[str, ...], data: str | None, workers: int, threads: int, ray_address: str | None,
-          out: Path, quiet: bool) -> None:
+          out: Path, quiet: bool, wait: bool) -> None:
     """Train a grid of configs x seeds (local workers or Ray); sweep.json, sweep.csv, report.html."""
     from .sweep import parse_grid
     from .sweep import sweep as run_sweep
@@ -294,7 +295,7 @@ def sweep(preset: str | None, config_file: Path | None, grid_texts: tuple[str, .
         raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) unless --config is given")
     cfg = config_mod.resolve(preset, config_file, overrides, **{"data.source": data, "train.epochs": epochs})
     rows = run_sweep(cfg, out, parse_grid(grid_texts), seeds=seeds, workers=workers, threads=threads,
-                     ray=ray_address, progress=not quiet)
+                     ray=ray_address, progress=not quiet, wait=wait)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         first = failed[0]["error"] if len(failed[0]["error"]) <= 300 else failed[0]["error"][:300] + " ..."

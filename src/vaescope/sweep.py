@@ -308,7 +308,8 @@ def _epochs_done(run_dir: str) -> int:
 
 def sweep(config: Config, out: str | Path, grid: Mapping[str, Sequence[Any]] | None = None,
           seeds: int | Sequence[int] = 1, workers: int = 0, threads: int = 0, ray: str | None = None,
-          dataset: Dataset | None = None, progress: bool = True, report: bool = True) -> list[dict[str, Any]]:
+          dataset: Dataset | None = None, progress: bool = True, report: bool = True,
+          wait: bool = False) -> list[dict[str, Any]]:
     """Train every point of ``grid`` (dotted key -> values) x ``seeds`` (a count: 0 .. N-1, or a
     list) from ``config`` into ``out/runs/``, write ``sweep.json``, ``sweep.csv`` and (``report``)
     ``report.html``; returns the rows, one per run, in grid order.
@@ -316,7 +317,9 @@ def sweep(config: Config, out: str | Path, grid: Mapping[str, Sequence[Any]] | N
     ``workers`` / ``threads``: local processes and torch threads each (0: automatic; ``threads``
     falls back on ``config.train.threads``); ``ray``:
     ``"local"`` for a local Ray instance or a cluster address. ``dataset`` replaces
-    ``config.data.source`` for every run (it then cannot vary in the grid).
+    ``config.data.source`` for every run (it then cannot vary in the grid). ``out`` is locked for
+    the whole sweep: another sweep into it is refused with this process's PID, or with ``wait``
+    waits for it to finish.
     """
     out = Path(out)
     grid = {k: list(v) for k, v in (grid or {}).items()}
@@ -331,7 +334,8 @@ def sweep(config: Config, out: str | Path, grid: Mapping[str, Sequence[Any]] | N
     from .sweep_report import write_results, write_sweep_report
 
     started = time.perf_counter()
-    with directory_lock(out, what="sweep folder"):
+    with directory_lock(out, what="sweep folder", wait=wait,
+                        hint="wait for it to finish (--wait queues behind it) or choose another --out"):
         specs = [_adopt_stored(s) for s in specs]
         sources = sorted({s.config.data.source for s in specs})
         bundles = {src: load_bundle(src, dataset) for src in sources}
