@@ -385,8 +385,9 @@ def test_stats_command_reports_every_criterion_and_the_measures(tiny_config, tmp
     values = [bound["bounds"][k]["log_likelihood_bound"] for k in ("1", "10", "100")]
     assert values == sorted(values)  # one nested pool: never decreasing
     assert payload["criteria"]["rules"][0]["active_count"] == payload["latent_dim"] - payload["inactive_count"]
-    text = invoke("--mi").output
+    text = invoke("--mi", "--figure", str(tmp_path / "criteria.png")).output
     assert f"cannot exceed log N = {math.log(128):.2f}" in text and "I(x; z) = " in text
+    assert (tmp_path / "criteria.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plain = json.loads(invoke("--json").output)
     assert all(v["mi"] is None for v in plain["variables"]) and "mutual_information" not in plain
     for bad in (["--iwae", "0"], ["--iwae", "ten"], ["--samples", "0"]):

@@ -195,8 +195,9 @@ def _log_mixture_ratio_joint(z: torch.Tensor, own: torch.Tensor, mu: torch.Tenso
     ``own`` ``(R,)``: ``(R,)``, in float64.
 
     log q(z|x_n) is expanded as [z^2, z] . [-1/(2 v_n), mu_n / v_n] + c_n (one matrix product per
-    block); float64 keeps the cancellation of those large terms harmless. Shifting by the code's
-    own density makes the n = own term exactly 1, so blocks add up without a running maximum.
+    block); float64 keeps the cancellation of those large terms harmless (~1e-16 mu^2 / sigma^2).
+    Shifting by the code's own density makes the n = own term 1 (to that rounding), so blocks add
+    up without a running maximum and the sum is at least 1.
     """
     z, own, mu, logvar = z.double(), own.double(), mu.double(), logvar.double()
     inv_var = torch.exp(-logvar)
