@@ -102,7 +102,7 @@ class LatentMonitorCallback(pl.Callback):
         self._other_loggers = [lg for lg in trainer.loggers if lg is not board]
         self.monitor = LatentMonitor(model, self.probe, every=self.every, log_dir=self._log_dir(trainer),
                                      tensorboard=None if writer is not None else self.tensorboard, writer=writer,
-                                     steps_per_epoch=None, **self.monitor_options)
+                                     **self.monitor_options)
         self._record(trainer, self.monitor.record(trainer.global_step, float(trainer.current_epoch)))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

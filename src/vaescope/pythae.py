@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .errors import VaescopeError
 from .monitor import DEFAULT_EVERY, LatentMonitor
 
 try:
@@ -49,6 +50,8 @@ class LatentMonitorCallback(TrainingCallback):
 
     def __init__(self, probe: Any, every: int = DEFAULT_EVERY, log_dir: str | Path | None = None,
                  tensorboard: bool | None = None, **monitor_options: Any) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise VaescopeError(f"LatentMonitorCallback every={every!r}; give a positive number of steps")
         self.probe = probe
         self.every = every
         self.log_dir = None if log_dir is None else Path(log_dir)
