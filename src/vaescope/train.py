@@ -95,7 +95,7 @@ def train(
     with directory_lock(out):  # before looking at the directory: a live writer may be changing it
         config, intact = claim_run(out, config, resume)
         with cpu_settings(config.train.threads):
-            return _train_locked(config, out, resume, dataset, progress, model, intact)
+            return train_claimed(config, out, resume, dataset, progress, model, intact)
 
 
 def claim_run(out: Path, config: Config | None, resume: bool) -> tuple[Config, bool]:
@@ -225,8 +225,9 @@ def finish_run(state: RunState, image_shape: tuple[int, ...], finished_before: b
     return state.result()
 
 
-def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | None, progress: bool,
+def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | None, progress: bool,
                   model: nn.Module | None, intact: bool = False) -> TrainResult:
+    """:func:`train` after :func:`claim_run`, with the lock of ``out`` held by the caller."""
     t_cfg = config.train
     device = select_device(t_cfg.device)
     data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
@@ -271,10 +272,14 @@ def _train_locked(config: Config, out: Path, resume: bool, dataset: Dataset | No
     return finish_run(state, data.image_shape, finished_before)
 
 
-def divergence(out: Path, epoch: int, fault: NonFiniteLoss) -> VaescopeError:
+class Diverged(VaescopeError):
+    """A run's loss or gradient became NaN or infinite (the message says where, and what was kept)."""
+
+
+def divergence(out: Path, epoch: int, fault: NonFiniteLoss) -> Diverged:
     """The one-line error of a run whose loss or gradient became NaN or infinite."""
     kept = (f"the last good checkpoint (epoch {load_checkpoint_epoch(out)}) is kept in {out / 'checkpoints'}"
             if has_checkpoint(out) else "no checkpoint had been written yet")
     what = ("a gradient became NaN or infinite (the loss was finite)" if fault.gradient
             else "the loss became NaN or infinite")
-    return VaescopeError(f"{what} at epoch {epoch}, step {fault.step}; {kept}; lower train.lr or check the data")
+    return Diverged(f"{what} at epoch {epoch}, step {fault.step}; {kept}; lower train.lr or check the data")

@@ -1,0 +1,278 @@
+"""train_many: models trained together keep the semantics of separate `train` runs."""
+
+
+import numpy as np
+import pytest
+import torch
+
+from vaescope import engine as engine_mod
+from vaescope import multi as multi_mod
+from vaescope import train as train_mod
+from vaescope.checkpoint import load_checkpoint, load_run
+from vaescope.config import replace
+from vaescope.engine import make_optimizer
+from vaescope.errors import VaescopeError
+from vaescope.models import DenseVAE
+from vaescope.multi import group_key, multi_model_benchmark, train_many
+from vaescope.rundir import read_metrics, read_trace, run_statistics
+from vaescope.stacked import StackedDenseVAE, stack_optimizer_state, unstack_optimizer_state
+from vaescope.train import train
+
+QUIET = {"progress": False}
+FILES = ("model.safetensors", "metrics.csv", "trace.csv", "config.json")  # timing.csv (and the manifest, its hash) differ
+# Measured: after 3 tiny epochs a model trained in a group differs from its separate run by at
+# most ~3e-8 in any weight and ~1e-7 relative in its statistics and losses (baddbmm's gradient of
+# a small weight sums its batch in another order than addmm's: float32 rounding, 2^-24 ~ 6e-8).
+# Asserted with a 100x margin; a wrong data order, noise or Adam state moves them by ~1e-1.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def group_configs(tiny_config):
+    """Three configs of one architecture: two seeds, and a no-sampling run with another beta."""
+    return [replace(tiny_config, **{"train.seed": 0}),
+            replace(tiny_config, **{"train.seed": 1}),
+            replace(tiny_config, **{"train.seed": 2, "loss.sampling": False, "loss.beta": 0.5})]
+
+
+@pytest.fixture(scope="module")
+def separate_runs(tmp_path_factory, tiny_dataset, tiny_npz):
+    """Each config of :func:`group_configs` trained alone by `train`."""
+    from conftest import TINY_OVERRIDES
+
+    from vaescope import config as config_mod
+    tiny_config = config_mod.resolve("dense16", overrides=TINY_OVERRIDES + [f"data.source={tiny_npz}"])
+    root = tmp_path_factory.mktemp("separate")
+    for i, config in enumerate(group_configs(tiny_config)):
+        train(config, root / f"run{i}", dataset=tiny_dataset, **QUIET)
+    return root
+
+
+@pytest.fixture(scope="module")
+def group_runs(tmp_path_factory, tiny_dataset, tiny_npz):
+    """The same configs trained together by `train_many`."""
+    from conftest import TINY_OVERRIDES
+
+    from vaescope import config as config_mod
+    tiny_config = config_mod.resolve("dense16", overrides=TINY_OVERRIDES + [f"data.source={tiny_npz}"])
+    root = tmp_path_factory.mktemp("group")
+    train_many(group_configs(tiny_config), [root / f"run{i}" for i in range(3)], dataset=tiny_dataset, **QUIET)
+    return root
+
+
+def test_group_key_separates_shapes_and_joins_seeds(tiny_config):
+    configs = group_configs(tiny_config)
+    assert len({group_key(c) for c in configs}) == 1
+    assert group_key(replace(tiny_config, **{"model.latent_dim": 8})) != group_key(tiny_config)
+    assert group_key(replace(tiny_config, **{"train.lr": 1e-2})) != group_key(tiny_config)
+
+
+def test_each_model_ends_as_its_separate_run(separate_runs, group_runs, tiny_dataset):
+    for i in range(3):
+        alone, together = separate_runs / f"run{i}", group_runs / f"run{i}"
+        assert (alone / "config.json").read_bytes() == (together / "config.json").read_bytes()
+        # the first trace point is measured on the initial weights: the same bytes, the same init
+        assert read_trace(alone).mu_variance[0].tobytes() == read_trace(together).mu_variance[0].tobytes()
+        a, b = load_run(alone), load_run(together)
+        for key, value in a.model.state_dict().items():
+            torch.testing.assert_close(b.model.state_dict()[key], value, rtol=RTOL, atol=ATOL)
+        sa = run_statistics(a, "test", dataset=tiny_dataset, write=False)
+        sb = run_statistics(b, "test", dataset=tiny_dataset, write=False)
+        np.testing.assert_allclose(sb.mu_variance, sa.mu_variance, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(sb.sigma2_mean, sa.sigma2_mean, rtol=RTOL, atol=ATOL)
+        ma, mb = read_metrics(alone), read_metrics(together)
+        assert [r["step"] for r in ma] == [r["step"] for r in mb] == [8, 16, 24]
+        for ra, rb in zip(ma, mb):
+            for column in ("train_loss", "test_loss", "test_kl"):
+                assert rb[column] == pytest.approx(ra[column], rel=RTOL, abs=ATOL), column
+        ta, tb = read_trace(alone), read_trace(together)
+        assert ta.steps == tb.steps
+        np.testing.assert_allclose(np.array(tb.mu_variance), np.array(ta.mu_variance), rtol=RTOL, atol=ATOL)
+    # three different models, not one trained thrice
+    assert read_metrics(group_runs / "run0")[-1]["test_loss"] != read_metrics(group_runs / "run1")[-1]["test_loss"]
+
+
+def test_each_model_sees_its_own_data_order_and_noise(tmp_path, tiny_config, tiny_dataset, monkeypatch):
+    configs = [replace(c, **{"train.epochs": 1}) for c in group_configs(tiny_config)]
+    alone: list[list[tuple[torch.Tensor, float]]] = []
+    real_terms = engine_mod.loss_terms
+
+    def spy_alone(model, x, loss, generator=None, z_hook=None):
+        terms = real_terms(model, x, loss, generator=generator, z_hook=z_hook)
+        if torch.is_grad_enabled():  # training steps, not the test evaluation
+            alone[-1].append((x.clone(), terms.total.item()))
+        return terms
+
+    monkeypatch.setattr(engine_mod, "loss_terms", spy_alone)
+    for i, config in enumerate(configs):
+        alone.append([])
+        train(config, tmp_path / f"alone{i}", dataset=tiny_dataset, **QUIET)
+    together: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_stacked = multi_mod.stacked_loss_terms
+
+    def spy_together(stack, x, losses, noises):
+        terms = real_stacked(stack, x, losses, noises)
+        together.append((x.clone(), terms.totals.detach().clone()))
+        return terms
+
+    monkeypatch.setattr(multi_mod, "stacked_loss_terms", spy_together)
+    train_many(configs, [tmp_path / f"together{i}" for i in range(3)], dataset=tiny_dataset, **QUIET)
+    assert len(together) == len(alone[0]) == 8
+    for i in range(3):
+        for step, (batch, loss) in enumerate(alone[i]):
+            assert torch.equal(together[step][0][i], batch), (i, step)  # the same images in the same order
+            # the same noise: the same loss (bit for bit at step 1, where the weights are the same)
+            assert float(together[step][1][i]) == (loss if step == 0 else pytest.approx(loss, rel=RTOL)), (i, step)
+    assert len({float(v) for v in together[0][1]}) == 3  # three models, not one thrice
+
+
+def test_first_step_loss_equals_the_separate_runs(tiny_config, tiny_dataset):
+    """Same initial weights (prepare_training), same batch and noise: the same loss, bit for bit."""
+    from vaescope.engine import as_float, prepare_training
+    from vaescope.objectives import loss_terms
+    from vaescope.stacked import stacked_loss_terms
+
+    configs = group_configs(tiny_config)
+    setups = [prepare_training(c, tiny_dataset.image_shape, torch.device("cpu")) for c in configs]
+    x = as_float(torch.from_numpy(tiny_dataset.x_train[:64]))
+    stack = StackedDenseVAE([s.model for s in setups])
+    noises = [torch.Generator().manual_seed(c.train.seed + 1) for c in configs]
+    terms = stacked_loss_terms(stack, torch.stack([x] * 3), [c.loss for c in configs], noises)
+    for i, (config, setup) in enumerate(zip(configs, setups)):
+        alone = loss_terms(setup.model, x, config.loss, generator=torch.Generator().manual_seed(config.train.seed + 1))
+        assert torch.equal(alone.total, terms.totals[i])
+        assert torch.equal(alone.regularizer, terms.regularizer[i])
+
+
+def test_one_adam_over_stacked_parameters_is_separate_adams():
+    """Adam is elementwise: one fused Adam over (M, ...) tensors = M Adams, with the same gradients."""
+    torch.manual_seed(0)
+    models = [DenseVAE((1, 8, 8), (32, 16), 4) for _ in range(3)]
+    stack = StackedDenseVAE(models)
+    optimizers = [make_optimizer(m, 1e-2) for m in models]
+    stacked_optimizer = make_optimizer(stack, 1e-2)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(4):
+        for k, parameter in enumerate(stack.stacked):
+            parameter.grad = torch.randn(parameter.shape, generator=generator) * 10 ** (k % 3)
+            for i, model in enumerate(models):
+                p = list(model.parameters())[k]
+                p.grad = parameter.grad[i].reshape(p.shape).clone()
+        for optimizer in optimizers:
+            optimizer.step()
+        stacked_optimizer.step()
+    for i, model in enumerate(models):
+        for k, p in enumerate(model.parameters()):
+            assert torch.equal(stack.stacked[k][i].reshape(p.shape), p), (i, k)
+    # and the state carried to the models' own optimizers is what they hold
+    fresh = [make_optimizer(m, 1e-2) for m in models]
+    unstack_optimizer_state(stacked_optimizer, stack, fresh, models)
+    for optimizer, own in zip(fresh, optimizers):
+        for (ka, a), (kb, b) in zip(optimizer.state_dict()["state"].items(), own.state_dict()["state"].items()):
+            assert ka == kb and all(torch.equal(a[name], b[name]) for name in b)
+    again = make_optimizer(StackedDenseVAE(models), 1e-2)
+    restacked = StackedDenseVAE(models)
+    stack_optimizer_state(optimizers, models, again, restacked)
+    for k, parameter in enumerate(restacked.stacked):
+        assert torch.equal(again.state[parameter]["exp_avg_sq"], stacked_optimizer.state[stack.stacked[k]]["exp_avg_sq"])
+
+
+def test_checkpoints_have_the_layout_of_train(separate_runs, group_runs):
+    alone, together = load_checkpoint(separate_runs / "run0"), load_checkpoint(group_runs / "run0")
+    for part in ("model_state", "generator_states", "extra"):
+        a, b = getattr(alone, part), getattr(together, part)
+        assert {k: (v.dtype, v.shape) for k, v in a.items()} == {k: (v.dtype, v.shape) for k, v in b.items()}, part
+    assert alone.optimizer_state["param_groups"] == together.optimizer_state["param_groups"]
+    for pid, entry in alone.optimizer_state["state"].items():
+        other = together.optimizer_state["state"][pid]
+        assert {k: (v.dtype, v.shape) for k, v in entry.items()} == {k: (v.dtype, v.shape) for k, v in other.items()}
+    # the shuffle generator made the same draws
+    assert torch.equal(alone.generator_states["shuffle"], together.generator_states["shuffle"])
+    assert torch.equal(alone.generator_states["noise"], together.generator_states["noise"])
+
+
+def test_a_killed_group_resumes_each_run_from_its_own_checkpoint(tmp_path, tiny_config, tiny_dataset,
+                                                                monkeypatch):
+    configs = group_configs(tiny_config)
+    train_many(configs, [tmp_path / f"whole{i}" for i in range(3)], dataset=tiny_dataset, **QUIET)
+    real_save = train_mod.save_checkpoint
+    saved = []
+
+    def killed_after_second_save(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        saved.append(path)
+        if len(saved) == 2:  # run0 and run1 have epoch 1, run2 has nothing yet
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", killed_after_second_save)
+    cut = [tmp_path / f"cut{i}" for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        train_many(configs, cut, dataset=tiny_dataset, **QUIET)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert [load_checkpoint(c).meta["epoch"] for c in cut[:2]] == [1, 1]
+    assert not (cut[2] / "checkpoints").exists()
+    train_many(configs, cut, dataset=tiny_dataset, **QUIET)  # run2 alone for an epoch, then all three
+    for i in range(3):
+        for name in FILES:
+            assert (tmp_path / f"whole{i}" / name).read_bytes() == (cut[i] / name).read_bytes(), (i, name)
+    before = (cut[0] / "model.safetensors").stat().st_mtime_ns
+    results = train_many(configs, cut, dataset=tiny_dataset, **QUIET)  # finished: reused
+    assert (cut[0] / "model.safetensors").stat().st_mtime_ns == before
+    assert [len(r.metrics) for r in results] == [3, 3, 3]
+
+
+def test_a_nan_in_one_model_stops_that_run_only(tmp_path, tiny_config, tiny_dataset, monkeypatch, group_runs):
+    configs = group_configs(tiny_config)
+    real_stacked = multi_mod.stacked_loss_terms
+    calls = {"n": 0}
+
+    def poisoned(stack, x, losses, noises):
+        terms = real_stacked(stack, x, losses, noises)
+        calls["n"] += 1
+        if calls["n"] == 12:  # epoch 2 (8 steps per epoch), step 12: the loss of run1 only
+            terms.totals = terms.totals * torch.tensor([1.0, float("nan"), 1.0])
+        return terms
+
+    monkeypatch.setattr(multi_mod, "stacked_loss_terms", poisoned)
+    outs = [tmp_path / f"run{i}" for i in range(3)]
+    with pytest.raises(VaescopeError) as caught:
+        train_many(configs, outs, dataset=tiny_dataset, **QUIET)
+    assert str(caught.value) == (f"{outs[1]}: the loss became NaN or infinite at epoch 2, step 12; the last good "
+                                 f"checkpoint (epoch 1) is kept in {outs[1] / 'checkpoints'}; lower train.lr or "
+                                 "check the data")
+    assert "\n" not in str(caught.value)
+    assert not (outs[1] / "model.safetensors").exists() and load_checkpoint(outs[1]).meta["epoch"] == 1
+    checkpoint = load_checkpoint(outs[1])
+    assert all(torch.isfinite(t).all() for t in checkpoint.model_state.values())
+    for i in (0, 2):  # the others went on, untouched: the same files as the group without the NaN
+        for name in FILES:
+            assert (outs[i] / name).read_bytes() == (group_runs / f"run{i}" / name).read_bytes(), (i, name)
+
+
+def test_a_run_of_another_config_is_refused_before_anything_trains(tmp_path, tiny_config, tiny_dataset):
+    configs = group_configs(tiny_config)
+    other = replace(configs[1], **{"train.seed": 9})
+    train(other, tmp_path / "run1", dataset=tiny_dataset, **QUIET)
+    with pytest.raises(VaescopeError, match=r"run1 holds a run of another config \(train.seed differ\)"):
+        train_many(configs, [tmp_path / f"run{i}" for i in range(3)], dataset=tiny_dataset, **QUIET)
+    assert not (tmp_path / "run0" / "config.json").exists() and not (tmp_path / "run0" / ".lock").exists()
+    with pytest.raises(VaescopeError, match="is given twice"):
+        train_many(configs[:2], [tmp_path / "a", tmp_path / "a"], dataset=tiny_dataset, **QUIET)
+
+
+def test_an_unbatchable_config_trains_as_train_does(tmp_path, tiny_config, tiny_dataset):
+    conv = replace(tiny_config, **{"model.kind": "conv", "train.epochs": 2})
+    train(conv, tmp_path / "alone", dataset=tiny_dataset, **QUIET)
+    results = train_many([conv], [tmp_path / "many"], dataset=tiny_dataset, **QUIET)
+    assert results[0].run_dir == tmp_path / "many"
+    for name in FILES:
+        assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
+
+
+def test_benchmark_smoke(tiny_config, tiny_dataset):
+    result = multi_model_benchmark(replace(tiny_config, **{"train.epochs": 1}), models=2, rounds=1,
+                                   dataset=tiny_dataset, workers=0)
+    assert result["models"] == 2
+    assert result["together_seconds_per_model_epoch"] > 0 and result["apart_seconds_per_model_epoch"] > 0
+    assert result["speedup"] == pytest.approx(result["apart_seconds_per_model_epoch"]
+                                              / result["together_seconds_per_model_epoch"])
