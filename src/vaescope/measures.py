@@ -39,6 +39,9 @@ from .errors import VaescopeError
 from .objectives import log_likelihood
 
 LOG_2PI = math.log(2.0 * math.pi)
+# exp() of arguments below these takes a slow path (~10x) and gives subnormal numbers or 0:
+# arguments are clamped here first, each clamped term adding at most e^floor to a sum.
+EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
 # Work per step, by device: on a CPU, blocks that stay in cache; on an accelerator, large blocks
 # (few kernel launches). BLOCK: pairwise densities of the mixture; ROWS: codes decoded at once.
 BLOCK_ELEMENTS = {"cpu": 2**18, "accelerator": 2**24}
@@ -212,7 +215,7 @@ def _log_mixture_ratio_joint(z: torch.Tensor, own: torch.Tensor, mu: torch.Tenso
         shift = own[r0 : r0 + rows, None]
         for n0 in range(0, n, cols):
             block = torch.addmm(offsets[None, n0 : n0 + cols], features[r0 : r0 + rows], weights[n0 : n0 + cols].T)
-            sums[r0 : r0 + rows] += block.sub_(shift).exp_().sum(1)
+            sums[r0 : r0 + rows] += block.sub_(shift).clamp_(min=EXP_FLOOR[torch.float64]).exp_().sum(1)
     log_sums = sums.log()
     for row in (~torch.isfinite(sums)).nonzero().squeeze(1).tolist():  # a density e^709 times the own one
         full = torch.addmv(offsets, weights, features[row]) - own[row]       # rare: the whole row at once
@@ -240,16 +243,19 @@ def _log_mixture_ratio_per_variable(z: torch.Tensor, own: torch.Tensor, mu: torc
     cols = min(n, max(1, block_elements // dim))
     rows = max(1, block_elements // (dim * cols))
     zt = z.T.unsqueeze(2)                                                      # (D, R, 1)
+    floor = EXP_FLOOR[z.dtype]
     sums = torch.zeros(dim, r, dtype=z.dtype, device=z.device)
     for r0 in range(0, r, rows):
         zr = zt[:, r0 : r0 + rows]
         for n0 in range(0, n, cols):
             t = (zr - mu_t[:, :, n0 : n0 + cols]).mul_(inv_sigma[:, :, n0 : n0 + cols])  # (D, rows, cols)
-            terms = torch.addcmul(log_w[:, :, n0 : n0 + cols], t, t, value=-0.5).exp_()
-            sums[:, r0 : r0 + rows] += terms.sum(2)
+            terms = torch.addcmul(log_w[:, :, n0 : n0 + cols], t, t, value=-0.5)
+            sums[:, r0 : r0 + rows] += terms.clamp_(min=floor).exp_().sum(2)
     log_sum = sums.double().log().T + log_w_max.double().T                     # (R, D)
-    underflow = (sums == 0).any(0).nonzero().squeeze(1)
-    if len(underflow) and z.dtype != torch.float64:  # exp(-t^2/2) w_n all below float32's range: again in float64
+    # A sum near n e^floor is made of clamped terms: the code lies far out of every component
+    # (only possible in float32, for codes > 13 sigma from their own mean); again in float64.
+    underflow = (sums <= 2 * n * math.exp(floor)).any(0).nonzero().squeeze(1)
+    if len(underflow) and z.dtype != torch.float64:
         log_sum[underflow] = _log_mixture_ratio_per_variable(
             z[underflow].double(), torch.zeros_like(own[underflow], dtype=torch.float64), mu.double(),
             logvar.double(), block_elements)
