@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from vaescope import config as config_mod
-from vaescope.data import load_dataset, load_npz, read_idx
+from vaescope.data import load_dataset
 from vaescope.errors import VaescopeError
+from vaescope.readers import load_npz, read_idx
 from vaescope.storage import TEXT_MAX_BYTES, read_json
 
 GiB = 2**30
@@ -191,7 +192,7 @@ def _overlapping(members: list[tuple[str, bytes, int, int]]) -> bytes:
 # runs in a fork of one child that has imported vaescope (the baseline includes numpy and torch).
 CHILD = textwrap.dedent("""
     import gzip, json, os, resource, sys
-    from vaescope.data import load_npz, read_idx
+    from vaescope.readers import load_npz, read_idx
     from vaescope.errors import VaescopeError
     readers = {"idx": read_idx, "npz": load_npz,
                "naive": lambda path, limit: gzip.decompress(open(path, "rb").read())}  # the control
@@ -366,7 +367,7 @@ def test_a_pickle_beyond_the_limit_is_refused(tmp_path):
     import gzip
     import pickle
 
-    from vaescope.data import read_mnist_pickle
+    from vaescope.mnist import read_mnist_pickle
 
     arrays = tuple((np.zeros((n, 784), np.float32), np.zeros(n, np.int64)) for n in (3, 1, 2))
     path = tmp_path / "mnist.pkl.gz"

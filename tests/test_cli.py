@@ -3,8 +3,8 @@ import re
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import TINY_OVERRIDES
+
 from vaescope.cli import main
 
 

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from vaescope import data as data_mod
-from vaescope.data import load_dataset, load_idx_dir, load_npz, read_idx, read_mnist_pickle
+from vaescope import mnist as mnist_mod
+from vaescope.data import load_dataset
 from vaescope.errors import VaescopeError
+from vaescope.mnist import read_mnist_pickle
+from vaescope.readers import load_idx_dir, load_npz, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
@@ -164,15 +167,15 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VAESCOPE_DATA", str(tmp_path))
     pkl = tmp_path / "mnist.pkl.gz"
     pkl.write_bytes(_mnist_like_pickle())
-    monkeypatch.setattr(data_mod, "_locate_mnist_pickle", lambda: pkl)
-    monkeypatch.setattr(data_mod, "read_mnist_pickle", lambda p, **kw: read_mnist_pickle(p, check_hash=False, **kw))
+    monkeypatch.setattr(mnist_mod, "_locate_mnist_pickle", lambda: pkl)
+    monkeypatch.setattr(mnist_mod, "read_mnist_pickle", lambda p, **kw: read_mnist_pickle(p, check_hash=False, **kw))
 
     def crash(src, dst):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(VaescopeError, match="cannot write .*mnist.npz.*free some disk space"):
-        data_mod.load_mnist()
+        mnist_mod.load_mnist()
     assert not (tmp_path / "mnist.npz").exists()
     assert not list(tmp_path.glob(".mnist.npz*"))  # no temporary left behind
 

@@ -295,7 +295,7 @@ def test_reproduce_runs_the_dynamic_steps_and_writes_their_keys(tmp_path, tiny_d
     overrides = tuple(o for o in TINY_OVERRIDES if not o.startswith("train.epochs")) + ("train.lr=0.003",)
     settings = make_settings(quick=True, seeds=1, overrides=overrides, epochs={"dense16": 30, "dense3": 4},
                              data_source=str(tiny_npz), progress=False)
-    results = reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset)
+    reproduce(settings, tmp_path, steps=reproduce_dynamics.steps(settings), dataset=tiny_dataset)
     stored = json.loads((tmp_path / "results.json").read_text())
     collapse = stored["noise_collapse"]
     assert {"variable", "collapsed", "collapse_epoch", "gain_before", "recovered", "gain_after",

