@@ -20,6 +20,7 @@ from conftest import TINY_OVERRIDES
 from vaescope import config as config_mod
 from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
+from vaescope.criteria import criteria_table
 from vaescope.errors import VaescopeError
 from vaescope.rundir import run_statistics
 from vaescope.storage import directory_lock
@@ -88,6 +89,8 @@ def test_every_run_is_an_ordinary_run_equal_to_train(local_sweep, tmp_path):
         stats = run_statistics(run, write=False)
         assert row["active_mu_variance"] == int(stats.active.sum())
         assert row["inactive_kl"] == int(stats.inactive_by_kl.sum())
+        polarised = criteria_table(stats).polarisation
+        assert row["in_between_variables"] == np.flatnonzero(polarised == "between").tolist()
         assert row["variance_law_max_abs_dev"] == pytest.approx(stats.variance_law_max_abs_dev)
         assert (run_dir / "stats-test.json").is_file()
     # a sweep point is exactly the run `train` makes of the same config

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from . import config as config_mod
 from .checkpoint import has_checkpoint, load_run
 from .config import Config
+from .criteria import criteria_table
 from .data import Dataset, load_dataset
 from .engine import as_float, cpu_settings
 from .errors import VaescopeError
@@ -63,7 +64,7 @@ SWEEP_JSON, SWEEP_CSV = "sweep.json", "sweep.csv"
 CRITERIA = {"mu_variance": "Var(mu) < threshold", "sigma2": "mean sigma^2 > threshold",
             "kl": "mean KL < threshold"}
 CSV_COLUMNS = ["run", "seed", "latent_dim",
-               *[f"{state}_{c}" for c in CRITERIA for state in ("inactive", "active")],
+               *[f"{state}_{c}" for c in CRITERIA for state in ("inactive", "active")], "in_between",
                "test_loss", "test_reconstruction", "test_kl", "variance_law_max_abs_dev", "seconds",
                "status", "attempts", "error", "run_dir"]
 ATTEMPTS = 2  # a failed run is tried once more
@@ -216,6 +217,9 @@ def run_one(spec: RunSpec, bundle: DataBundle | None = None) -> dict[str, Any]:
     for criterion, mask in inactive.items():
         row[f"inactive_{criterion}"] = int(mask.sum())
         row[f"active_{criterion}"] = int((~mask).sum())
+    # neither clearly on nor clearly off by every rule, half a decade from its threshold (vaescope.criteria)
+    between = np.flatnonzero(criteria_table(stats).polarisation == "between").tolist()
+    row.update({"in_between": len(between), "in_between_variables": between})
     row.update({"test_loss": last["test_loss"], "test_reconstruction": last["test_reconstruction"],
                 "test_kl": last["test_kl"], "variance_law_max_abs_dev": stats.variance_law_max_abs_dev,
                 "seconds": round(training_seconds(run_dir), 3), "status": status, "attempts": 1, "error": "",

@@ -130,8 +130,11 @@ def _active_table(results: Mapping[str, Any]) -> Table:
             counts = [r["active_mu_variance"] for r in at]
             rows.append([_group_label(reading["group"]) or "all runs", str(size),
                          ", ".join(f"{c} (seed {r['seed']})" for c, r in zip(counts, at)),
-                         f"{np.median(counts):g}", f"{min(counts)}-{max(counts)}"])
-    return Table(["curve", "latent size", "active per seed", "median", "spread"], rows)
+                         f"{np.median(counts):g}", f"{min(counts)}-{max(counts)}",
+                         ", ".join(str(r.get("in_between", "")) for r in at)])
+    return Table(["curve", "latent size", "active per seed", "median", "spread", "in between, per seed"], rows,
+                 caption="In between: variables that are neither clearly on nor clearly off by every rule with half "
+                         "a decade to spare (Var(mu), mean sigma^2, KL; see vaescope.criteria): half-active ones.")
 
 
 def _factor_section(results: Mapping[str, Any]) -> Section | None:
