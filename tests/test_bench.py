@@ -20,7 +20,8 @@ from vaescope.errors import VaescopeError
 from vaescope.models import build_model
 from vaescope.stats import latent_statistics
 
-ROW_KEYS = {"vaescope_epoch_s", "reference_epoch_s", "pythae_epoch_s", "speedup_vs_reference",
+ROW_KEYS = {"vaescope_epoch_s", "reference_epoch_s", "reference_channels_last_epoch_s", "pythae_epoch_s",
+            "speedup_vs_reference",
             "speedup_vs_pythae", "gflops", "fraction_of_matmul_peak"}
 
 
@@ -42,6 +43,8 @@ def check_shape(result: dict, with_pythae: bool) -> None:
         for key in ("vaescope_epoch_s", "reference_epoch_s", "gflops", "fraction_of_matmul_peak"):
             assert isinstance(row[key], float), (name, key)
     assert result["conv16"]["pythae_epoch_s"] is None and result["conv16"]["speedup_vs_pythae"] is None
+    assert isinstance(result["conv16"]["reference_channels_last_epoch_s"], float)
+    assert result["dense16"]["reference_channels_last_epoch_s"] is None
     dense = result["dense16"]
     if with_pythae:
         assert isinstance(dense["pythae_epoch_s"], float) and isinstance(dense["speedup_vs_pythae"], float)

@@ -117,12 +117,14 @@ def vaescope_contender(config: Config, x: torch.Tensor, image_shape: tuple[int, 
 
 
 def reference_contender(config: Config, x_float: torch.Tensor, image_shape: tuple[int, ...],
-                        device: torch.device) -> Callable[[int], float]:
+                        device: torch.device, channels_last: bool = False) -> Callable[[int], float]:
     """The common plain-PyTorch epoch: a shuffling DataLoader over a TensorDataset of float
-    images (on the CPU, batches moved to ``device``), default Adam, ``loss.item()`` per step."""
+    images (on the CPU, batches moved to ``device``), default Adam, ``loss.item()`` per step.
+    ``channels_last``: model and batches in that memory layout (oneDNN's preferred one for convolutions)."""
     t_cfg = config.train
     torch.manual_seed(t_cfg.seed)
-    model = build_model(config.model, image_shape).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(config.model, image_shape).to(device, memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=t_cfg.lr)
 
     def epoch(n: int) -> float:
@@ -131,7 +133,7 @@ def reference_contender(config: Config, x_float: torch.Tensor, image_shape: tupl
         model.train()
         running = 0.0
         for (batch,) in loader:
-            batch = batch.to(device)
+            batch = batch.to(device, memory_format=layout)
             loss = loss_terms(model, batch, config.loss).total
             optimizer.zero_grad()
             loss.backward()
@@ -252,6 +254,9 @@ def _measure(data: Dataset, x_host: np.ndarray, configs: dict[str, Config], matm
         run, models[name] = vaescope_contender(cfg, x_device, image_shape)
         contenders.append(Contender(f"{name}/vaescope", run))
         contenders.append(Contender(f"{name}/reference", reference_contender(cfg, x_float_tensor, image_shape, device)))
+        if cfg.model.kind == "conv":
+            contenders.append(Contender(f"{name}/reference_channels_last",
+                                        reference_contender(cfg, x_float_tensor, image_shape, device, channels_last=True)))
     pythae_run = pythae_contender(configs[PYTHAE_PRESET], x_float, image_shape, device) if use_pythae else None
     if pythae_run is None:
         log.info("pythae is not installed: its column is skipped (pip install 'vaescope[bench]' to include it)")
@@ -301,13 +306,16 @@ def run_benchmark(
     for name in TRAINING_PRESETS:
         ours = medians[f"{name}/vaescope"]
         reference = medians[f"{name}/reference"]
+        channels_last = medians.get(f"{name}/reference_channels_last")
+        best_reference = min(reference, channels_last) if channels_last is not None else reference
         pythae = medians.get(f"{name}/pythae")
         gflops = training_flops_per_example(models[name], image_shape) * n / ours / 1e9
         result[name] = {
             "vaescope_epoch_s": ours,
             "reference_epoch_s": reference,
+            "reference_channels_last_epoch_s": medians.get(f"{name}/reference_channels_last"),
             "pythae_epoch_s": pythae,
-            "speedup_vs_reference": reference / ours,
+            "speedup_vs_reference": best_reference / ours,  # against the faster memory layout
             "speedup_vs_pythae": None if pythae is None else pythae / ours,
             "gflops": gflops,
             "fraction_of_matmul_peak": gflops / peak,
@@ -317,6 +325,26 @@ def run_benchmark(
                        "fraction_of_matmul_peak": stats_gflops / peak}
     result["matmul_peak_gflops"] = peak
     return result
+
+
+def extra_rows(multi_models: int = 0, monitor: bool = False, whole_process: bool = False,
+               dataset: Dataset | None = None, repeats: int = 3) -> dict[str, Any]:
+    """The optional rows of ``vaescope bench``: many models at once (``multi_model``), the
+    LatentMonitor's cost (``monitor``) and whole processes against pythae (``whole_process``)."""
+    rows: dict[str, Any] = {}
+    if multi_models:
+        from .multi import multi_model_benchmark
+
+        rows["multi_model"] = multi_model_benchmark(models=multi_models, rounds=repeats, dataset=dataset)
+    if monitor:
+        from .monitor import measure_overhead
+
+        rows["monitor"] = measure_overhead(repeats=repeats, dataset=dataset if dataset is not None else "mnist")
+    if whole_process:
+        from .bench_process import whole_process_comparison
+
+        rows["whole_process"] = whole_process_comparison(rounds=repeats)
+    return rows
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -329,14 +357,19 @@ def format_report(result: dict[str, Any]) -> str:
 
     peak = result["matmul_peak_gflops"]
     lines = [f"float32 matrix product: {peak:.1f} GFLOP/s (the yardstick)", "",
-             (f"{'':<16}{'vaescope':>10}{'reference':>11}{'pythae':>10}{'vs ref':>8}{'vs pythae':>11}"
-              f"{'GFLOP/s':>9}{'of matmul':>11}")]
+             (f"{'':<16}{'vaescope':>10}{'reference':>11}{'ref c-last':>11}{'pythae':>10}{'vs ref':>8}"
+              f"{'vs pythae':>11}{'GFLOP/s':>9}{'of matmul':>11}")]
     for name in TRAINING_PRESETS:
         row = result[name]
         lines.append(f"{name + ' epoch':<16}{seconds(row['vaescope_epoch_s']):>10}{seconds(row['reference_epoch_s']):>11}"
+                     f"{seconds(row['reference_channels_last_epoch_s']):>11}"
                      f"{seconds(row['pythae_epoch_s']):>10}{ratio(row['speedup_vs_reference']):>8}"
                      f"{ratio(row['speedup_vs_pythae']):>11}{row['gflops']:>9.1f}{row['fraction_of_matmul_peak']:>11.0%}")
     row = result["stats"]
-    lines.append(f"{'stats pass':<16}{seconds(row['seconds']):>10}{'':>11}{'':>10}{'':>8}{'':>11}"
+    lines.append(f"{'stats pass':<16}{seconds(row['seconds']):>10}{'':>11}{'':>11}{'':>10}{'':>8}{'':>11}"
                  f"{row['gflops']:>9.1f}{row['fraction_of_matmul_peak']:>11.0%}")
+    for key, value in result.items():
+        if key in ("multi_model", "monitor", "whole_process"):
+            lines.append(f"{key}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in value.items() if not isinstance(v, (dict, list))))
     return "\n".join(lines)

@@ -258,11 +258,18 @@ def verify(run: Path) -> None:
 @click.option("--n-train", type=int, help="Time epochs over only the first N training images (a quick run) [all].")
 @click.option("--data", default="mnist", show_default=True, help="Dataset: mnist, fashion-mnist, an IDX directory or an .npz file.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Torch threads for every contender; 0 = all cores.")
-def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: int) -> None:
+@click.option("--multi-model", "multi_models", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also time N dense16 models trained together against one after the other (0: skip).")
+@click.option("--monitor", is_flag=True, help="Also time the LatentMonitor's cost on dense16 training.")
+@click.option("--whole-process", is_flag=True,
+              help="Also time whole 'vaescope train' processes against pythae's pipeline (3 epochs).")
+def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: int, multi_models: int,
+          monitor: bool, whole_process: bool) -> None:
     """Time training epochs and the statistics pass against a plain PyTorch loop and pythae."""
-    from .bench import format_report, run_benchmark
+    from .bench import extra_rows, format_report, run_benchmark
 
     result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads)
+    result.update(extra_rows(multi_models, monitor, whole_process, repeats=repeats))
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
