@@ -291,8 +291,10 @@ def train_runs(specs: Sequence[RunSpec], execution: Execution, bundles: Mapping[
                     log.warning("run %s failed again (%s); the others go on", spec.name, error)
                     on_done(spec, failed_row(spec, error, attempts[spec.name]))
             on_wait()
-    finally:
-        pool.close()
+    except BaseException:  # Ctrl-C or a bug: do not wait for runs in flight (workers die with us)
+        pool.close(wait=False)
+        raise
+    pool.close()
 
 
 def failed_row(spec: RunSpec, error: str, attempts: int) -> dict[str, Any]:

@@ -78,10 +78,16 @@ class LocalPool:
         done, _ = concurrent.futures.wait(handles, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
         return [(f, f.exception() or f.result()) for f in done]
 
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+    def close(self, wait: bool = True) -> None:
+        """Shut the pool down; ``wait=False`` (an interrupted sweep) also ends the workers at once: a
+        run in flight resumes from its last checkpoint next time, and none starts after the sweep."""
+        if self._executor is None:
+            return
+        if not wait:  # concurrent.futures has no public way before Python 3.14 (terminate_workers)
+            for process in list(getattr(self._executor, "_processes", {}).values()):
+                process.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)  # quick once the workers are gone
+        self._executor = None
 
 
 def import_ray() -> Any:
@@ -128,6 +134,6 @@ class RayPool:
                 outcomes.append((ref, err))
         return outcomes
 
-    def close(self) -> None:
-        if self._started:
+    def close(self, wait: bool = True) -> None:
+        if self._started:  # a local instance we started: its workers go with it
             self._ray.shutdown()
