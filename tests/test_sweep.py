@@ -218,3 +218,34 @@ def test_a_killed_sweep_finishes_with_the_weights_of_an_uninterrupted_one(tmp_pa
         name = row["run"]
         assert weights(killed / "runs" / name) == weights(reference / "runs" / name), name
         assert load_checkpoint(killed / "runs" / name).meta["epoch"] == epochs
+
+
+def test_curves_of_a_two_key_grid_are_read_apart(tmp_path):
+    """Rows of a latent size x beta grid: one intrinsic-dimension reading and one curve per beta."""
+    from vaescope.sweep import Execution
+    from vaescope.sweep_report import write_results, write_sweep_report
+
+    cfg = config_mod.resolve("dense16")
+    grid = {"model.latent_dim": [2, 4, 8], "loss.beta": [0.5, 2.0]}
+    active = {0.5: {2: 2, 4: 3, 8: 3}, 2.0: {2: 2, 4: 4, 8: 8}}  # levels at 3; still growing
+    rows = []
+    for beta, counts in active.items():
+        for size, count in counts.items():
+            row = {"run": f"latent_dim{size}-beta{beta}-seed0", "model.latent_dim": size, "loss.beta": beta,
+                   "seed": 0, "latent_dim": size, "test_loss": 40.0 - count, "test_reconstruction": 30.0,
+                   "test_kl": 10.0, "variance_law_max_abs_dev": 0.1, "seconds": 1.0, "status": "trained",
+                   "attempts": 1, "error": "", "run_dir": "runs/x", "in_between": 0}
+            for criterion in ("mu_variance", "sigma2", "kl"):
+                row[f"active_{criterion}"], row[f"inactive_{criterion}"] = count, size - count
+            rows.append(row)
+    results = write_results(tmp_path, cfg, grid, [0], Execution(2, 1), rows)
+    readings = {r["group"]["loss.beta"]: r["mu_variance"] for r in results["intrinsic_dimension"]}
+    assert readings[0.5]["value"] == 3 and readings[0.5]["latent_size"] == 4
+    assert readings[2.0]["value"] is None and "every variable is active" in readings[2.0]["reason"]
+    write_sweep_report(tmp_path, results)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| loss.beta = 0.5 | Var(mu) < 0.01 | **3** |" in markdown
+    assert "| loss.beta = 2.0 | Var(mu) < 0.01 | not reached |" in markdown
+    with (tmp_path / "sweep.csv").open(newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header[:3] == ["run", "model.latent_dim", "loss.beta"]
