@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vaescope import engine as engine_mod
-from vaescope import multi as multi_mod
+from vaescope import stacked as stacked_mod
 from vaescope import train as train_mod
 from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.config import replace
@@ -15,7 +15,7 @@ from vaescope.errors import VaescopeError
 from vaescope.models import DenseVAE
 from vaescope.multi import group_key, multi_model_benchmark, train_many
 from vaescope.rundir import read_metrics, read_trace, run_statistics
-from vaescope.stacked import StackedDenseVAE, stack_optimizer_state, unstack_optimizer_state
+from vaescope.stacked import StackedDenseVAE, from_stacked, stack_optimizer_state, unstack_optimizer_state
 from vaescope.train import train
 
 QUIET = {"progress": False}
@@ -107,14 +107,14 @@ def test_each_model_sees_its_own_data_order_and_noise(tmp_path, tiny_config, tin
         alone.append([])
         train(config, tmp_path / f"alone{i}", dataset=tiny_dataset, **QUIET)
     together: list[tuple[torch.Tensor, torch.Tensor]] = []
-    real_stacked = multi_mod.stacked_loss_terms
+    real_stacked = stacked_mod.stacked_loss_terms
 
     def spy_together(stack, x, losses, noises):
         terms = real_stacked(stack, x, losses, noises)
         together.append((x.clone(), terms.totals.detach().clone()))
         return terms
 
-    monkeypatch.setattr(multi_mod, "stacked_loss_terms", spy_together)
+    monkeypatch.setattr(stacked_mod, "stacked_loss_terms", spy_together)
     train_many(configs, [tmp_path / f"together{i}" for i in range(3)], dataset=tiny_dataset, **QUIET)
     assert len(together) == len(alone[0]) == 8
     for i in range(3):
@@ -156,13 +156,13 @@ def test_one_adam_over_stacked_parameters_is_separate_adams():
             parameter.grad = torch.randn(parameter.shape, generator=generator) * 10 ** (k % 3)
             for i, model in enumerate(models):
                 p = list(model.parameters())[k]
-                p.grad = parameter.grad[i].reshape(p.shape).clone()
+                p.grad = from_stacked(parameter.grad[i], p).clone()
         for optimizer in optimizers:
             optimizer.step()
         stacked_optimizer.step()
     for i, model in enumerate(models):
         for k, p in enumerate(model.parameters()):
-            assert torch.equal(stack.stacked[k][i].reshape(p.shape), p), (i, k)
+            assert torch.equal(from_stacked(stack.stacked[k][i], p), p), (i, k)
     # and the state carried to the models' own optimizers is what they hold
     fresh = [make_optimizer(m, 1e-2) for m in models]
     unstack_optimizer_state(stacked_optimizer, stack, fresh, models)
@@ -223,7 +223,7 @@ def test_a_killed_group_resumes_each_run_from_its_own_checkpoint(tmp_path, tiny_
 
 def test_a_nan_in_one_model_stops_that_run_only(tmp_path, tiny_config, tiny_dataset, monkeypatch, group_runs):
     configs = group_configs(tiny_config)
-    real_stacked = multi_mod.stacked_loss_terms
+    real_stacked = stacked_mod.stacked_loss_terms
     calls = {"n": 0}
 
     def poisoned(stack, x, losses, noises):
@@ -233,7 +233,7 @@ def test_a_nan_in_one_model_stops_that_run_only(tmp_path, tiny_config, tiny_data
             terms.totals = terms.totals * torch.tensor([1.0, float("nan"), 1.0])
         return terms
 
-    monkeypatch.setattr(multi_mod, "stacked_loss_terms", poisoned)
+    monkeypatch.setattr(stacked_mod, "stacked_loss_terms", poisoned)
     outs = [tmp_path / f"run{i}" for i in range(3)]
     with pytest.raises(VaescopeError) as caught:
         train_many(configs, outs, dataset=tiny_dataset, **QUIET)
@@ -276,3 +276,17 @@ def test_benchmark_smoke(tiny_config, tiny_dataset):
     assert result["together_seconds_per_model_epoch"] > 0 and result["apart_seconds_per_model_epoch"] > 0
     assert result["speedup"] == pytest.approx(result["apart_seconds_per_model_epoch"]
                                               / result["together_seconds_per_model_epoch"])
+
+
+def test_worker_processes_train_the_same_runs(tmp_path, tiny_config, tiny_dataset, group_runs):
+    """Split between two spawned workers ([run0, run2] stacked, run1 alone): the same models."""
+    outs = [tmp_path / f"run{i}" for i in range(3)]
+    results = train_many(group_configs(tiny_config), outs, dataset=tiny_dataset, workers=2, **QUIET)
+    assert [r.run_dir for r in results] == outs
+    for i in range(3):
+        for row, expected in zip(read_metrics(outs[i]), read_metrics(group_runs / f"run{i}"), strict=True):
+            assert row == pytest.approx(expected, rel=RTOL, abs=ATOL)
+        together = load_run(group_runs / f"run{i}").model.state_dict()
+        for key, value in load_run(outs[i]).model.state_dict().items():
+            torch.testing.assert_close(value, together[key], rtol=RTOL, atol=ATOL)
+        assert not (outs[i] / ".lock").exists()

@@ -16,40 +16,30 @@ step (its weights and last checkpoint stay good) and the others go on; when all 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import math
+import multiprocessing
+import os
+import signal
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from .config import Config
 from .data import Dataset, check_dataset, load_dataset
-from .engine import (
-    NonFiniteLoss,
-    _flag_non_finite,
-    as_float,
-    cpu_settings,
-    make_optimizer,
-    prepare_training,
-    select_device,
-)
+from .engine import as_float, cpu_settings, prepare_training, select_device
 from .errors import VaescopeError
 from .models import MODEL_KINDS
-from .stacked import (
-    StackedDenseVAE,
-    flat_images,
-    non_finite_models,
-    stack_optimizer_state,
-    stacked_loss_terms,
-    unstack_optimizer_state,
-)
+from .stacked import stacked_epoch
 from .storage import directory_lock
 from .train import (
     Diverged,
@@ -92,17 +82,21 @@ def batchable(config: Config) -> bool:
 
 
 def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: Dataset | None = None,
-               progress: bool = True, max_models: int = 16) -> list[TrainResult]:
+               progress: bool = True, max_models: int = 16, workers: int = 1) -> list[TrainResult]:
     """Train every ``configs[i]`` into ``outs[i]``; compatible configs together (:func:`group_key`),
     at most ``max_models`` per batched computation; the others one by one as ``train`` does.
 
-    Each directory follows the run-directory policy with ``resume=True``: a finished run of the
-    same config is reused, an unfinished one resumed, a run of another config refused (before
-    anything trains). The directories stay locked for the whole call. Returns one
-    :class:`~vaescope.train.TrainResult` per config, in order.
+    ``workers`` > 1: the work is shared by that many spawned worker processes (each group split
+    between them), each with ``train.threads`` / ``workers`` threads (at least 1); the models and
+    files are the same. Each directory follows the run-directory policy with ``resume=True``: a
+    finished run of the same config is reused, an unfinished one resumed, a run of another config
+    refused (before anything trains). This process holds every directory's lock for the whole
+    call. Returns one :class:`~vaescope.train.TrainResult` per config, in order.
     """
     if len(configs) != len(outs):
         raise VaescopeError(f"train_many: {len(configs)} configs but {len(outs)} run directories; give one each")
+    if workers < 1 or max_models < 1:
+        raise VaescopeError(f"train_many: workers ({workers}) and max_models ({max_models}) must be at least 1")
     paths = [Path(o) for o in outs]
     seen: dict[Path, int] = {}
     for i, path in enumerate(paths):
@@ -115,43 +109,97 @@ def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: D
     results: list[TrainResult | None] = [None] * len(configs)
     failures: list[str] = []
     with contextlib.ExitStack() as locks:
-        claimed = []
+        runs: list[Run] = []
         for config, path in zip(configs, paths):
             locks.enter_context(directory_lock(path))
-            claimed.append(claim_run(path, config, resume=True))
-        groups: dict[str, list[int]] = {}
-        for i, (config, _) in enumerate(claimed):
-            groups.setdefault(group_key(config), []).append(i)
+            claimed, intact = claim_run(path, config, resume=True)
+            runs.append((claimed, path, intact))
+        tasks = plan_tasks([config for config, _, _ in runs], max_models, workers)
         datasets: dict[str, Dataset] = {}
-        for indices in groups.values():
-            config = claimed[indices[0]][0]
-            if dataset is None and config.data.source not in datasets:
-                datasets[config.data.source] = load_dataset(config.data.source, config.data.max_bytes)
-            data = dataset if dataset is not None else datasets[config.data.source]
-            chunks = ([indices[s : s + max_models] for s in range(0, len(indices), max_models)]
-                      if batchable(config) and len(indices) > 1 else [[i] for i in indices])
-            for chunk in chunks:
-                runs = [(claimed[i][0], paths[i], claimed[i][1]) for i in chunk]
-                with cpu_settings(config.train.threads):
-                    if len(chunk) == 1:
-                        done = {0: _train_one(*runs[0], data, progress, failures)}
-                    else:
-                        done = train_group(runs, data, progress, failures)
-                for j, result in done.items():
-                    results[chunk[j]] = result
+        for config, _, _ in runs:
+            if config.data.source not in datasets:
+                datasets[config.data.source] = (dataset if dataset is not None
+                                                else load_dataset(config.data.source, config.data.max_bytes))
+        if workers > 1 and len(tasks) > 1:
+            outcomes = _in_workers(tasks, runs, datasets, workers)
+        else:
+            outcomes = (run_task([runs[i] for i in task], datasets[runs[task[0]][0].data.source],
+                                 runs[task[0]][0].train.threads, progress) for task in tasks)
+        for task, (done, failed) in zip(tasks, outcomes):
+            failures += failed
+            for j, result in done.items():
+                results[task[j]] = result
     if failures:
         more = f"; and {len(failures) - 1} more run(s) stopped the same way" if len(failures) > 1 else ""
-        raise VaescopeError(failures[0] + more)
+        raise Diverged(failures[0] + more)
     return [r for r in results if r is not None]
 
 
-def _train_one(config: Config, out: Path, intact: bool, data: Dataset, progress: bool,
-               failures: list[str]) -> TrainResult | None:
-    try:
-        return train_claimed(config, out, True, data, progress, None, intact)
-    except Diverged as err:
-        failures.append(f"{out}: {err}")
-        return None
+Run = tuple[Config, Path, bool]  # a claimed run: its config, its directory, whether its final files are intact
+
+
+def plan_tasks(configs: Sequence[Config], max_models: int = 16, workers: int = 1) -> list[list[int]]:
+    """The indices of ``configs`` that train together, task by task: each group (:func:`group_key`)
+    of batchable configs split into ``workers`` parts (one per worker process) of at most
+    ``max_models``; every other config alone."""
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(group_key(config), []).append(i)
+    tasks: list[list[int]] = []
+    for indices in groups.values():
+        if not batchable(configs[indices[0]]):
+            tasks += [[i] for i in indices]
+            continue
+        parts = [indices[w::workers] for w in range(min(workers, len(indices)))]
+        tasks += [part[s : s + max_models] for part in parts for s in range(0, len(part), max_models)]
+    return tasks
+
+
+def run_task(runs: Sequence[Run], data: Dataset, threads: int, progress: bool = True
+             ) -> tuple[dict[int, TrainResult], list[str]]:
+    """Train one task of :func:`plan_tasks` (locks held by the caller) with ``threads`` threads:
+    the results by position, and the one-line errors of the runs that diverged."""
+    failures: list[str] = []
+    with cpu_settings(threads):
+        if len(runs) > 1:
+            return train_group(runs, data, progress, failures), failures
+        config, out, intact = runs[0]
+        try:
+            return {0: train_claimed(config, out, True, data, progress, None, intact)}, failures
+        except Diverged as err:
+            return {}, [f"{out}: {err}"]
+
+
+_WORKER_DATA: dict[str, Dataset] = {}  # a worker's datasets, by data source
+
+
+def _worker_init(parent: int, datasets: dict[str, Dataset]) -> None:
+    if sys.platform.startswith("linux"):  # die with the parent: its locks go, so must its writers
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+    logging.getLogger("vaescope").setLevel(logging.WARNING)
+    _WORKER_DATA.update(datasets)
+
+
+def _worker_task(runs: list[Run], threads: int) -> tuple[dict[int, TrainResult], list[str]]:
+    return run_task(runs, _WORKER_DATA[runs[0][0].data.source], threads, progress=False)
+
+
+def _in_workers(tasks: list[list[int]], runs: list[Run], datasets: dict[str, Dataset], workers: int
+                ) -> list[tuple[dict[int, TrainResult], list[str]]]:
+    """Each task in one of ``workers`` spawned processes (a fresh interpreter: no copy of this
+    process's threads or locks), with its share of the threads."""
+    log.info("training %d runs in %d worker processes", len(runs), workers)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init, initargs=(os.getpid(), datasets)) as pool:
+        futures = []
+        for task in tasks:
+            config = runs[task[0]][0]
+            threads = max(1, (config.train.threads or os.cpu_count() or 1) // workers)
+            futures.append(pool.submit(_worker_task, [runs[i] for i in task], threads))
+        return [future.result() for future in futures]
 
 
 # ---------------------------------------------------------------------------- one group
@@ -201,173 +249,90 @@ def train_group(runs: Sequence[tuple[Config, Path, bool]], data: Dataset, progre
             epoch = min(m.state.epoch for m in members)
             cohort = [m for m in members if m.state.epoch == epoch]
             bar.set_description(f"{len(cohort)} models, epoch {epoch + 1}")
+
+            def on_step(step: int, alive: list[int], sync: Callable[[], None], cohort: list[Member] = cohort) -> None:
+                traced = [cohort[i] for i in alive if step % cohort[i].every == 0]
+                if traced:
+                    sync()  # the stacked weights into the models the trace measures
+                    for member in traced:
+                        member.state.trace.record(member.state.setup.model, subsets[member.index].subset, step,
+                                                  step / steps_per_epoch)
+                bar.update(len(alive))
+
             started = time.perf_counter()
-            means, diverged = cohort_epoch(cohort, tensors, subsets, first.data.binarize == "dynamic",
-                                           steps_per_epoch, bar)
+            step, means, diverged = stacked_epoch(
+                [m.state.setup for m in cohort], [m.state.config.loss for m in cohort], tensors.x_train,
+                first.train.batch_size, first.train.lr, cohort[0].state.step,
+                binarize=first.data.binarize == "dynamic", on_step=on_step)
             share = (time.perf_counter() - started) / len(cohort)  # each model's share of the epoch
-            for member, fault in diverged:
-                failures.append(f"{member.state.out}: {divergence(member.state.out, epoch + 1, fault)}")
-                if at_once:
-                    raise Diverged(failures[-1])
-                members.remove(member)
-            for member in cohort:
-                if member in members:
-                    end_epoch(member.state, subsets[member.index], means[member.index], share, member.name)
-                    if member.state.finished:
-                        results[member.index] = finish_run(member.state, data.image_shape, False)
-                        members.remove(member)
+            for i, member in enumerate(cohort):
+                if i in diverged:
+                    failures.append(f"{member.state.out}: {divergence(member.state.out, epoch + 1, diverged[i])}")
+                    members.remove(member)
+                    if at_once:
+                        raise Diverged(failures[-1])
+                    continue
+                member.state.step = step
+                end_epoch(member.state, subsets[member.index], means[i], share, member.name)
+                if member.state.finished:
+                    results[member.index] = finish_run(member.state, data.image_shape, False)
+                    members.remove(member)
     finally:
         bar.close()
     return results
 
 
-def cohort_epoch(cohort: list[Member], tensors: RunTensors, subsets: dict[int, RunTensors], binarize: bool,
-                 steps_per_epoch: int, bar: Any) -> tuple[dict[int, dict[str, float]], list[tuple[Member, NonFiniteLoss]]]:
-    """One epoch of every model of ``cohort`` (all at the same step), batched. Returns each
-    model's mean loss, reconstruction and KL by member index, and the members that diverged."""
-    x = flat_images(tensors.x_train)  # (N, P): one gather serves every model
-    n, device = len(x), x.device
-    batch_size = cohort[0].state.config.train.batch_size
-    image_shape = tensors.x_train.shape[1:]
-    alive = list(cohort)
-    models = [m.state.setup.model for m in alive]
-    stack = StackedDenseVAE(models)
-    optimizer = make_optimizer(stack, cohort[0].state.config.train.lr)
-    stack_optimizer_state([m.state.setup.optimizer for m in alive], models, optimizer, stack)
-    orders = torch.stack([torch.randperm(n, generator=m.state.setup.shuffle) for m in alive]).to(device)  # (M, N)
-    totals = torch.zeros(len(alive), 3, dtype=torch.float64, device=device)
-    diverged: list[tuple[Member, NonFiniteLoss]] = []
-    flag, one = torch.zeros((), device=device), torch.ones((), device=device)
-    step = alive[0].state.step
-    for start in range(0, n, batch_size):
-        rows = orders[:, start : start + batch_size]
-        m, b = rows.shape
-        batch = as_float(torch.index_select(x, 0, rows.reshape(-1))).view(m, b, *image_shape)
-        noises = [member.state.setup.noise for member in alive]
-        if binarize:  # engine.train_epoch's draw, model by model
-            batch = torch.stack([torch.bernoulli(batch[i], generator=noises[i]) for i in range(m)])
-        terms = stacked_loss_terms(stack, batch, [member.state.config.loss for member in alive], noises)
-        optimizer.zero_grad(set_to_none=True)
-        total = terms.totals.sum()  # disjoint parameters: each model gets its own loss's gradient
-        total.backward()
-        _flag_non_finite(list(stack.parameters()), total, flag, one)
-        if flag.item():  # rare: find the models, keep the others (and this step of theirs)
-            bad = dict(non_finite_models(stack, terms.totals))
-            keep = [i for i in range(m) if i not in bad]
-            for i, loss_finite in bad.items():
-                diverged.append((alive[i], NonFiniteLoss(step + 1, gradient=loss_finite)))
-            _store(stack, optimizer, alive)
-            alive = [alive[i] for i in keep]
-            if not alive:
-                return {}, diverged
-            kept = torch.tensor(keep, device=device)
-            orders, totals = orders.index_select(0, kept), totals.index_select(0, kept)
-            stack = stack.select(keep)
-            optimizer = make_optimizer(stack, cohort[0].state.config.train.lr)
-            stack_optimizer_state([a.state.setup.optimizer for a in alive], [a.state.setup.model for a in alive],
-                                  optimizer, stack)
-            terms = dataclasses.replace(terms, totals=terms.totals[keep], reconstruction=terms.reconstruction[keep],
-                                        regularizer=terms.regularizer[keep])
-            flag.zero_()
-            m = len(alive)
-        optimizer.step()
-        step += 1
-        with torch.no_grad():
-            part = torch.stack([terms.totals, terms.reconstruction.mean(1), terms.regularizer.sum(2).mean(1)], 1)
-            totals.add_(part, alpha=b)
-        traced = [a for a in alive if step % a.every == 0]
-        if traced:
-            stack.copy_into([a.state.setup.model for a in alive])
-            for a in traced:
-                a.state.trace.record(a.state.setup.model, subsets[a.index].subset, step, step / steps_per_epoch)
-        bar.update(m)
-    _store(stack, optimizer, alive)
-    for a in alive:
-        a.state.step = step
-    means = (totals / n).tolist()
-    return ({a.index: dict(zip(("loss", "reconstruction", "kl"), row)) for a, row in zip(alive, means)},
-            diverged)
-
-
-def _store(stack: StackedDenseVAE, optimizer: torch.optim.Optimizer, members: list[Member]) -> None:
-    """The stack's weights and Adam state back into each member's model and optimizer."""
-    models = [m.state.setup.model for m in members]
-    stack.copy_into(models)
-    unstack_optimizer_state(optimizer, stack, [m.state.setup.optimizer for m in members], models)
-
-
 # ---------------------------------------------------------------------------- benchmark
-
-def _train_apart(configs: Sequence[Config], outs: Sequence[Path], dataset: Dataset) -> None:
-    from .train import train
-    for config, out in zip(configs, outs):
-        train(config, out, dataset=dataset, progress=False)
-
-
-def _train_together(configs: Sequence[Config], outs: Sequence[Path], dataset: Dataset) -> None:
-    train_many(configs, outs, dataset=dataset, progress=False)
-
-
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-    logging.getLogger("vaescope").setLevel(logging.WARNING)
-
 
 def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds: int = 3,
                           dataset: Dataset | None = None, workers: int = 2) -> dict[str, Any]:
-    """Seconds per model-epoch of ``models`` seeds of ``config`` (default: the dense16 preset for
-    1 epoch) trained by :func:`train_many` ("together") and by ``train`` one after the other
-    ("apart"): whole runs (test metrics, trace, checkpoints, final files) into fresh directories,
-    ``rounds`` interleaved rounds, medians. With ``workers`` > 1, both also in that many worker
-    processes of one thread each, the models split between them (the pool is started, and its
-    imports paid, before the rounds). ``speedup`` is apart / together."""
-    import concurrent.futures
-    import multiprocessing
+    """Seconds per model-epoch of ``models`` seeds of ``config`` (default: the dense16 preset, 1
+    epoch, the trace as dense of a 10-epoch run) trained by :func:`train_many` ("together") and by
+    ``train`` one after the other ("apart"): whole runs (test metrics, trace, checkpoints, final
+    files) into fresh directories, ``rounds`` interleaved rounds, medians. With ``workers`` > 1,
+    also ``train_many(..., workers=workers)``: together in that many worker processes
+    ("together_workers"), and apart in them ("apart_workers", one run per task), the workers'
+    start (spawn, imports, the data sent) included as a user's call pays it. ``speedup`` is
+    apart / together; ``speedup_workers`` apart / together_workers."""
     import statistics
     import tempfile
 
     from . import config as config_mod
+    from .train import train
     if config is None:
-        config = config_mod.resolve("dense16", overrides=["train.epochs=1"])
+        config = config_mod.resolve("dense16", overrides=["train.epochs=1", "train.trace_every=16"])
     data = check_dataset(dataset) if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
     seeds = [config_mod.replace(config, **{"train.seed": config.train.seed + i}) for i in range(models)]
-    contenders = {"together": _train_together, "apart": _train_apart}
-    pool = None
+
+    def apart(outs: list[Path]) -> None:
+        for seed_config, out in zip(seeds, outs):
+            train(seed_config, out, dataset=data, progress=False)
+
+    contenders: dict[str, Callable[[list[Path]], Any]] = {
+        "together": lambda outs: train_many(seeds, outs, dataset=data, progress=False),
+        "apart": apart,
+    }
     if workers > 1:
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_worker_init, initargs=(1,))
-        one_thread = [config_mod.replace(c, **{"train.threads": 1}) for c in seeds]
-        parts = [list(range(models))[w::workers] for w in range(workers)]
-
-        def in_workers(work: Any) -> Any:
-            def run(_: Any, outs: Sequence[Path], data: Dataset) -> None:
-                futures = [pool.submit(work, [one_thread[i] for i in part], [outs[i] for i in part], data)
-                           for part in parts if part]
-                for future in futures:
-                    future.result()
-            return run
-
-        contenders.update({"together_workers": in_workers(_train_together), "apart_workers": in_workers(_train_apart)})
-        list(pool.map(_worker_init, [1] * workers))  # start the workers: spawn and imports before the clock
+        contenders["together_workers"] = lambda outs: train_many(seeds, outs, dataset=data, progress=False,
+                                                                 workers=workers)
+        contenders["apart_workers"] = lambda outs: train_many(seeds, outs, dataset=data, progress=False,
+                                                              workers=workers, max_models=1)
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    try:
-        with tempfile.TemporaryDirectory(prefix="vaescope-multi-bench-") as root:
-            names = list(contenders)
-            for r in range(rounds):
-                for name in names[r % len(names):] + names[: r % len(names)]:
-                    outs = [Path(root) / f"{name}-{r}-{i}" for i in range(models)]
-                    started = time.perf_counter()
-                    contenders[name](seeds, outs, data)
-                    times[name].append((time.perf_counter() - started) / (models * config.train.epochs))
-                log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    names = list(contenders)
+    with tempfile.TemporaryDirectory(prefix="vaescope-multi-bench-") as root:
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                outs = [Path(root) / f"{name}-{r}-{i}" for i in range(models)]
+                started = time.perf_counter()
+                contenders[name](outs)
+                times[name].append((time.perf_counter() - started) / (models * config.train.epochs))
+            log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     result: dict[str, Any] = {"models": models, "epochs": config.train.epochs, "rounds": rounds,
-                              "threads": config.train.threads or torch.get_num_threads()}
+                              "threads": config.train.threads or os.cpu_count(), "workers": workers}
     for name, values in times.items():
         result[f"{name}_seconds_per_model_epoch"] = statistics.median(values)
     result["speedup"] = result["apart_seconds_per_model_epoch"] / result["together_seconds_per_model_epoch"]
-    if pool is not None:
-        result["workers"] = workers
+    if workers > 1:
+        result["speedup_workers"] = (result["apart_seconds_per_model_epoch"]
+                                     / result["together_workers_seconds_per_model_epoch"])
     return result
