@@ -336,7 +336,7 @@ def uninterrupted_reproduction(tmp_path_factory, tiny_npz) -> dict:
 
 @pytest.mark.slow
 def test_two_reproduce_into_one_folder(tmp_path, tiny_npz, uninterrupted_reproduction):
-    """The first (a child, paused in dense16 seed 1's second epoch) holds the folder: a second
+    """The first (a child, paused in conv16 seed 1's second epoch) holds the folder: a second
     ``vaescope reproduce`` is refused naming its PID; one with ``--wait`` says so once and waits;
     the first is then SIGKILLed, and the waiting one continues its work to the same results."""
     out, marker = tmp_path / "out", tmp_path / "marker"
@@ -378,8 +378,9 @@ def test_two_reproduce_into_one_folder(tmp_path, tiny_npz, uninterrupted_reprodu
     assert first.returncode == -signal.SIGKILL
     assert [line for line in lines if "waiting" in line] == [
         f"output folder {out} is in use by process {first.pid}; waiting for it to finish"]
-    assert f"reusing {out}/runs/dense16-seed0 (same config)" in lines  # finished before the kill
-    assert f"resuming {out}/runs/dense16-seed1 from epoch 1 (step 8)" in lines  # killed in its epoch 2
+    assert f"reusing {out}/runs/dense16-seed1 (same config)" in lines  # finished before the kill
+    assert f"reusing {out}/runs/conv16-seed0 (same config)" in lines
+    assert f"resuming {out}/runs/conv16-seed1 from epoch 1 (step 8)" in lines  # killed in its epoch 2
     assert comparable(results) == comparable(uninterrupted_reproduction)
     assert comparable(json.loads((out / "results.json").read_text())) == comparable(uninterrupted_reproduction)
     assert not list(out.rglob(".*.tmp"))

@@ -101,8 +101,9 @@ def test_progress_names_steps_models_and_epochs(tiny_reproduction) -> None:
     _, _, lines, _ = tiny_reproduction
     text = "\n".join(lines)
     assert "[1/11] train or reuse" in text and "[8/11] run-to-run" in text
-    assert "training conv16 seed 1 (1 epochs)" in text
-    assert re.search(r"^epoch 2/2 ", text, re.MULTILINE)
+    # the six runs trained together (dense16 and its no-KL twin batched; conv16 one by one)
+    assert re.search(r"^training 6 runs together .*dense16_no_kl-seed1, conv16-seed0, conv16-seed1$", text, re.MULTILINE)
+    assert re.search(r"^dense16_no_kl-seed1: epoch 2/2 ", text, re.MULTILINE)
 
 
 def test_second_run_reuses_every_model(tiny_reproduction, tiny_dataset: Dataset) -> None:

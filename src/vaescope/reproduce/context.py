@@ -11,7 +11,7 @@ A step is a function of a :class:`Context`: it trains or reuses the runs it need
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from ..experiments.generation import GenerationCheck
 from ..experiments.reconstruction_gain import ReconstructionGain
 from ..figures.common import save_png
 from ..manifest import verify_run
+from ..multi import train_many
 from ..report import Image, Section
 from ..rundir import Trace, discard_other_run, is_finished, read_metrics, read_trace, run_statistics, training_seconds
 from ..stats import LatentStatistics
@@ -141,6 +142,7 @@ class Context:
         self.gains: dict[str, ReconstructionGain] = {}
         self.generation: dict[str, GenerationCheck] = {}
         self._runs: dict[tuple[str, int], TrainedRun] = {}
+        self._trained_now: set[Path] = set()  # trained by train_together in this invocation
 
     @property
     def trained_runs(self) -> list[TrainedRun]:
@@ -157,6 +159,29 @@ class Context:
         return config_mod.replace(cfg, **{"train.seed": seed,
                                           "train.epochs": epochs or self.settings.epochs_for(preset)})
 
+    def train_together(self, presets: Sequence[str]) -> None:
+        """Train the missing runs of ``presets`` for every seed at once with
+        :func:`vaescope.multi.train_many`: runs that share an architecture (the seeds of a preset,
+        dense16 and dense16_no_kl) as one batched computation, each with its own files."""
+        configs, outs = [], []
+        for preset in presets:
+            for seed in self.seeds:
+                cfg = self.config_for(preset, seed)
+                run_dir = self.out / "runs" / f"{preset}-seed{seed}"
+                changed = discard_other_run(run_dir, cfg)  # reproduce owns its runs/ folder
+                if changed:
+                    log.info("%s was trained with a different config (%s); retraining", run_dir,
+                             ", ".join(changed[:4]))
+                if is_finished(run_dir, cfg) and verify_run(run_dir).intact:
+                    continue
+                configs.append(cfg)
+                outs.append(run_dir)
+        if configs:
+            log.info("training %d runs together where they share an architecture: %s", len(configs),
+                     ", ".join(p.name for p in outs))
+            train_many(configs, outs, dataset=self.dataset, progress=self.settings.progress)
+            self._trained_now.update(outs)
+
     def trained(self, preset: str, seed: int, epochs: int | None = None, overrides: tuple[str, ...] = (),
                 name: str | None = None) -> TrainedRun:
         """The run ``DIR/runs/<name>-seed<seed>`` of ``preset``: reused when its stored config
@@ -172,10 +197,11 @@ class Context:
         if changed:
             log.info("%s was trained with a different config (%s); retraining", run_dir, ", ".join(changed[:4]))
         # reused only when its files match their manifest; otherwise resumed, which writes them again
-        reused = is_finished(run_dir, cfg) and verify_run(run_dir).intact
+        just_trained = run_dir in self._trained_now
+        reused = not just_trained and is_finished(run_dir, cfg) and verify_run(run_dir).intact
         if reused:
             log.info("reusing %s (same config)", run_dir)
-        else:
+        elif not just_trained:
             log.info("training %s seed %d (%d epochs) -> %s", name, seed, cfg.train.epochs, run_dir)
             train_run(cfg, run_dir, resume=True, dataset=self.dataset, progress=self.settings.progress)
         run = load_run(run_dir)

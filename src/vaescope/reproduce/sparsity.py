@@ -55,6 +55,7 @@ def _arch(tr: TrainedRun) -> str:
 
 
 def train_models(ctx: Context) -> None:
+    ctx.train_together(MODELS)
     ctx.results["models"] = {model: ctx.model_runs(model).to_dict(ARTICLE_INACTIVE_COUNTS.get(model))
                              for model in MODELS}
 
