@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vaescope import engine as engine_mod
+from vaescope import multi as multi_mod
 from vaescope import stacked as stacked_mod
 from vaescope import train as train_mod
 from vaescope.checkpoint import load_checkpoint, load_run
@@ -13,7 +14,7 @@ from vaescope.config import replace
 from vaescope.engine import make_optimizer
 from vaescope.errors import VaescopeError
 from vaescope.models import DenseVAE
-from vaescope.multi import group_key, multi_model_benchmark, train_many
+from vaescope.multi import default_workers, group_key, multi_model_benchmark, plan_tasks, train_many
 from vaescope.rundir import read_metrics, read_trace, run_statistics
 from vaescope.stacked import StackedDenseVAE, from_stacked, stack_optimizer_state, unstack_optimizer_state
 from vaescope.train import train
@@ -271,7 +272,7 @@ def test_an_unbatchable_config_trains_as_train_does(tmp_path, tiny_config, tiny_
 
 def test_benchmark_smoke(tiny_config, tiny_dataset):
     result = multi_model_benchmark(replace(tiny_config, **{"train.epochs": 1}), models=2, rounds=1,
-                                   dataset=tiny_dataset, workers=0)
+                                   dataset=tiny_dataset)
     assert result["models"] == 2
     assert result["together_seconds_per_model_epoch"] > 0 and result["apart_seconds_per_model_epoch"] > 0
     assert result["speedup"] == pytest.approx(result["apart_seconds_per_model_epoch"]
@@ -290,3 +291,16 @@ def test_worker_processes_train_the_same_runs(tmp_path, tiny_config, tiny_datase
         for key, value in load_run(outs[i]).model.state_dict().items():
             torch.testing.assert_close(value, together[key], rtol=RTOL, atol=ATOL)
         assert not (outs[i] / ".lock").exists()
+
+
+def test_tasks_and_workers_are_chosen_from_the_configs(tiny_config, monkeypatch):
+    monkeypatch.setattr(multi_mod.os, "cpu_count", lambda: 2)
+    dense = [replace(tiny_config, **{"train.seed": s, "train.threads": 0, "train.epochs": 4}) for s in range(6)]
+    conv = replace(dense[0], **{"model.kind": "conv"})
+    assert default_workers(dense) == 2  # 24 model-epochs on 2 cores: worth two workers
+    assert default_workers(dense[:2]) == 1  # 8 model-epochs: not worth starting them
+    assert default_workers([replace(c, **{"train.threads": 1}) for c in dense]) == 1
+    # each group split between the workers; a model that cannot be stacked alone; another shape apart
+    wide = replace(dense[5], **{"model.latent_dim": 8})
+    assert plan_tasks([*dense[:5], conv, wide], max_models=16, workers=2) == [[0, 2, 4], [1, 3], [5], [6]]
+    assert plan_tasks(dense, max_models=2, workers=1) == [[0, 1], [2, 3], [4, 5]]

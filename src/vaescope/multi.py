@@ -82,21 +82,23 @@ def batchable(config: Config) -> bool:
 
 
 def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: Dataset | None = None,
-               progress: bool = True, max_models: int = 16, workers: int = 1) -> list[TrainResult]:
+               progress: bool = True, max_models: int = 16, workers: int = 0) -> list[TrainResult]:
     """Train every ``configs[i]`` into ``outs[i]``; compatible configs together (:func:`group_key`),
     at most ``max_models`` per batched computation; the others one by one as ``train`` does.
 
     ``workers`` > 1: the work is shared by that many spawned worker processes (each group split
     between them), each with ``train.threads`` / ``workers`` threads (at least 1); the models and
-    files are the same. Each directory follows the run-directory policy with ``resume=True``: a
+    files are the same. ``workers=0`` chooses (:func:`default_workers`): on the CPU, one worker of
+    one thread per core, when the runs are long enough to pay for starting them. Each directory follows the run-directory policy with ``resume=True``: a
     finished run of the same config is reused, an unfinished one resumed, a run of another config
     refused (before anything trains). This process holds every directory's lock for the whole
     call. Returns one :class:`~vaescope.train.TrainResult` per config, in order.
     """
     if len(configs) != len(outs):
         raise VaescopeError(f"train_many: {len(configs)} configs but {len(outs)} run directories; give one each")
-    if workers < 1 or max_models < 1:
-        raise VaescopeError(f"train_many: workers ({workers}) and max_models ({max_models}) must be at least 1")
+    if workers < 0 or max_models < 1:
+        raise VaescopeError(f"train_many: workers ({workers}) must be at least 0 (0: chosen) and max_models "
+                            f"({max_models}) at least 1")
     paths = [Path(o) for o in outs]
     seen: dict[Path, int] = {}
     for i, path in enumerate(paths):
@@ -114,6 +116,7 @@ def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: D
             locks.enter_context(directory_lock(path))
             claimed, intact = claim_run(path, config, resume=True)
             runs.append((claimed, path, intact))
+        workers = workers or default_workers([config for config, _, _ in runs])
         tasks = plan_tasks([config for config, _, _ in runs], max_models, workers)
         datasets: dict[str, Dataset] = {}
         for config, _, _ in runs:
@@ -136,6 +139,23 @@ def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: D
 
 
 Run = tuple[Config, Path, bool]  # a claimed run: its config, its directory, whether its final files are intact
+
+# Starting a worker (spawn, imports, the data sent) costs ~2-4 s here; one worker of one thread
+# per core beats one process of all cores by ~0.2 s per model-epoch on an idle 2-core machine (far
+# more on a busy one, where intra-op threads wait on each other): worth it from ~10 model-epochs
+# per core.
+WORKER_MODEL_EPOCHS_PER_CORE = 10
+
+
+def default_workers(configs: Sequence[Config]) -> int:
+    """``train_many``'s choice: on the CPU, one worker process per core (within ``train.threads``,
+    at most one per run) when there are at least WORKER_MODEL_EPOCHS_PER_CORE model-epochs per
+    core to train; otherwise 1 (this process). An accelerator is driven by this process alone."""
+    if not configs or select_device(configs[0].train.device).type != "cpu":
+        return 1
+    cores = min(configs[0].train.threads or os.cpu_count() or 1, len(configs))
+    model_epochs = sum(config.train.epochs for config in configs)
+    return cores if cores > 1 and model_epochs >= WORKER_MODEL_EPOCHS_PER_CORE * cores else 1
 
 
 def plan_tasks(configs: Sequence[Config], max_models: int = 16, workers: int = 1) -> list[list[int]]:
@@ -285,22 +305,22 @@ def train_group(runs: Sequence[tuple[Config, Path, bool]], data: Dataset, progre
 # ---------------------------------------------------------------------------- benchmark
 
 def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds: int = 3,
-                          dataset: Dataset | None = None, workers: int = 2) -> dict[str, Any]:
-    """Seconds per model-epoch of ``models`` seeds of ``config`` (default: the dense16 preset, 1
-    epoch, the trace as dense of a 10-epoch run) trained by :func:`train_many` ("together") and by
-    ``train`` one after the other ("apart"): whole runs (test metrics, trace, checkpoints, final
-    files) into fresh directories, ``rounds`` interleaved rounds, medians. With ``workers`` > 1,
-    also ``train_many(..., workers=workers)``: together in that many worker processes
-    ("together_workers"), and apart in them ("apart_workers", one run per task), the workers'
-    start (spawn, imports, the data sent) included as a user's call pays it. ``speedup`` is
-    apart / together; ``speedup_workers`` apart / together_workers."""
+                          dataset: Dataset | None = None,
+                          contenders: Sequence[str] = ("together", "together_in_process", "apart")) -> dict[str, Any]:
+    """Seconds per model-epoch of ``models`` seeds of ``config`` (default: the dense16 preset for 4
+    epochs, the trace as dense as a 10-epoch run's), whole runs (test metrics, trace, checkpoints,
+    final files) into fresh directories, ``rounds`` interleaved rounds, medians. Contenders:
+    "together" ``train_many`` as it chooses (:func:`default_workers`; the workers' start included),
+    "together_in_process" ``train_many(workers=1)``, "apart" ``train`` one run after the other,
+    "apart_workers" one run per task in ``train_many``'s workers. ``speedup``: apart / together.
+    Takes ~2 s per model-epoch per contender and round on an idle 2-core machine."""
     import statistics
     import tempfile
 
     from . import config as config_mod
     from .train import train
     if config is None:
-        config = config_mod.resolve("dense16", overrides=["train.epochs=1", "train.trace_every=16"])
+        config = config_mod.resolve("dense16", overrides=["train.epochs=4", "train.trace_every=16"])
     data = check_dataset(dataset) if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
     seeds = [config_mod.replace(config, **{"train.seed": config.train.seed + i}) for i in range(models)]
 
@@ -308,15 +328,16 @@ def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds:
         for seed_config, out in zip(seeds, outs):
             train(seed_config, out, dataset=data, progress=False)
 
-    contenders: dict[str, Callable[[list[Path]], Any]] = {
+    known: dict[str, Callable[[list[Path]], Any]] = {
         "together": lambda outs: train_many(seeds, outs, dataset=data, progress=False),
+        "together_in_process": lambda outs: train_many(seeds, outs, dataset=data, progress=False, workers=1),
         "apart": apart,
+        "apart_workers": lambda outs: train_many(seeds, outs, dataset=data, progress=False, max_models=1),
     }
-    if workers > 1:
-        contenders["together_workers"] = lambda outs: train_many(seeds, outs, dataset=data, progress=False,
-                                                                 workers=workers)
-        contenders["apart_workers"] = lambda outs: train_many(seeds, outs, dataset=data, progress=False,
-                                                              workers=workers, max_models=1)
+    unknown = sorted(set(contenders) - set(known))
+    if unknown or "apart" not in contenders or "together" not in contenders:
+        raise VaescopeError(f"multi_model_benchmark: contenders {list(contenders)}; give 'together', 'apart' and "
+                            f"any of {', '.join(known)}")
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     with tempfile.TemporaryDirectory(prefix="vaescope-multi-bench-") as root:
@@ -324,15 +345,12 @@ def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds:
             for name in names[r % len(names):] + names[: r % len(names)]:
                 outs = [Path(root) / f"{name}-{r}-{i}" for i in range(models)]
                 started = time.perf_counter()
-                contenders[name](outs)
+                known[name](outs)
                 times[name].append((time.perf_counter() - started) / (models * config.train.epochs))
             log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     result: dict[str, Any] = {"models": models, "epochs": config.train.epochs, "rounds": rounds,
-                              "threads": config.train.threads or os.cpu_count(), "workers": workers}
+                              "threads": config.train.threads or os.cpu_count(), "workers": default_workers(seeds)}
     for name, values in times.items():
         result[f"{name}_seconds_per_model_epoch"] = statistics.median(values)
     result["speedup"] = result["apart_seconds_per_model_epoch"] / result["together_seconds_per_model_epoch"]
-    if workers > 1:
-        result["speedup_workers"] = (result["apart_seconds_per_model_epoch"]
-                                     / result["together_workers_seconds_per_model_epoch"])
     return result
