@@ -1,6 +1,9 @@
 """train_many: models trained together keep the semantics of separate `train` runs."""
 
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -279,11 +282,13 @@ def test_benchmark_smoke(tiny_config, tiny_dataset):
                                               / result["together_seconds_per_model_epoch"])
 
 
-def test_worker_processes_train_the_same_runs(tmp_path, tiny_config, tiny_dataset, group_runs):
-    """Split between two spawned workers ([run0, run2] stacked, run1 alone): the same models."""
+def test_worker_threads_train_the_same_runs(tmp_path, tiny_config, tiny_dataset, group_runs):
+    """Split between two threads ([run0, run2] stacked, run1 alone): the same models."""
     outs = [tmp_path / f"run{i}" for i in range(3)]
+    before = torch.get_num_threads()
     results = train_many(group_configs(tiny_config), outs, dataset=tiny_dataset, workers=2, **QUIET)
     assert [r.run_dir for r in results] == outs
+    assert torch.get_num_threads() == before  # the caller's setting, restored
     for i in range(3):
         for row, expected in zip(read_metrics(outs[i]), read_metrics(group_runs / f"run{i}"), strict=True):
             assert row == pytest.approx(expected, rel=RTOL, abs=ATOL)
@@ -293,12 +298,42 @@ def test_worker_processes_train_the_same_runs(tmp_path, tiny_config, tiny_datase
         assert not (outs[i] / ".lock").exists()
 
 
+def test_an_interrupt_in_one_thread_stops_the_others_and_each_run_resumes(tmp_path, tiny_config, tiny_dataset,
+                                                                          monkeypatch, group_runs):
+    real_save = train_mod.save_checkpoint
+    interrupted = threading.Event()
+
+    def interrupted_in_run1(out, *args, **kwargs):
+        path = real_save(out, *args, **kwargs)
+        if out.name == "run1":
+            interrupted.set()
+            raise KeyboardInterrupt  # as Ctrl-C, in the thread training run1, after its epoch-1 checkpoint
+        if out.name == "run0" and not interrupted.is_set():
+            interrupted.wait(10)  # the other thread goes on only once run1 has failed
+            time.sleep(0.2)  # ... and train_many has seen it
+        return path
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", interrupted_in_run1)
+    outs = [tmp_path / f"run{i}" for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        train_many(group_configs(tiny_config), outs, dataset=tiny_dataset, workers=2, **QUIET)
+    assert load_checkpoint(outs[1]).meta["epoch"] == 1
+    for out in (outs[0], outs[2]):  # the other thread stopped too, at its next step: within epoch 1 or 2
+        assert not (out / "checkpoints").exists() or load_checkpoint(out).meta["epoch"] == 1
+    assert all(not (out / "model.safetensors").exists() and not (out / ".lock").exists() for out in outs)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    train_many(group_configs(tiny_config), outs, dataset=tiny_dataset, workers=2, **QUIET)
+    for i in range(3):
+        for name in FILES:
+            assert (outs[i] / name).read_bytes() == (group_runs / f"run{i}" / name).read_bytes(), (i, name)
+
+
 def test_tasks_and_workers_are_chosen_from_the_configs(tiny_config, monkeypatch):
     monkeypatch.setattr(multi_mod.os, "cpu_count", lambda: 2)
-    dense = [replace(tiny_config, **{"train.seed": s, "train.threads": 0, "train.epochs": 4}) for s in range(6)]
+    dense = [replace(tiny_config, **{"train.seed": s, "train.threads": 0}) for s in range(6)]
     conv = replace(dense[0], **{"model.kind": "conv"})
-    assert default_workers(dense) == 2  # 24 model-epochs on 2 cores: worth two workers
-    assert default_workers(dense[:2]) == 1  # 8 model-epochs: not worth starting them
+    assert default_workers(dense) == 2  # one thread per core
+    assert default_workers(dense[:1]) == 1 and default_workers([conv, conv]) == 1  # nothing to share
     assert default_workers([replace(c, **{"train.threads": 1}) for c in dense]) == 1
     # each group split between the workers; a model that cannot be stacked alone; another shape apart
     wide = replace(dense[5], **{"model.latent_dim": 8})
