@@ -9,9 +9,15 @@ own per-epoch test metrics, trace, checkpoints and final files (the functions of
 :mod:`vaescope.train`). Models at different epochs (runs resumed from different checkpoints) train
 in cohorts: the ones furthest behind first, joined by the others when they reach them.
 
+On the CPU a group is split between worker threads, one per core, each driving its part with one
+intra-op thread (torch's kernels release the GIL): that avoids the waits of intra-op threads on
+small kernels, which on a machine shared with other jobs cost several times the epoch. A model's
+``timing.csv`` holds its share of each batched epoch (the epoch's wall time / the models in it).
+
 A model whose loss or gradient becomes NaN or infinite leaves its group before Adam applies the
 step (its weights and last checkpoint stay good) and the others go on; when all are done,
-``train_many`` raises the one-line error ``train`` gives for it, naming its run directory.
+``train_many`` raises the one-line error ``train`` gives for it, naming its run directory: a
+re-run then reuses the finished runs and stops the same way only for that one.
 """
 
 from __future__ import annotations
@@ -317,7 +323,7 @@ def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds:
     """Seconds per model-epoch of ``models`` seeds of ``config`` (default: the dense16 preset for 4
     epochs, the trace as dense as a 10-epoch run's), whole runs (test metrics, trace, checkpoints,
     final files) into fresh directories, ``rounds`` interleaved rounds, medians. Contenders:
-    "together" ``train_many`` as it chooses (:func:`default_workers`; the workers' start included),
+    "together" ``train_many`` as it chooses (:func:`default_workers`: worker threads on the CPU),
     "together_in_process" ``train_many(workers=1)``, "apart" ``train`` one run after the other,
     "apart_workers" one model per stack in ``train_many``'s worker threads. ``speedup``: apart / together.
     Takes ~2 s per model-epoch per contender and round on an idle 2-core machine."""
