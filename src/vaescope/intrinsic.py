@@ -5,7 +5,7 @@ architecture there seems to be an intrinsic dimension of the data; a VAE with no
 should get a larger latent space, one with inactive variables can lose them. This module reads that
 dimension from a curve of active counts, precisely:
 
-- at each latent size L_i (sorted), m_i is the **median** active count over the seeds;
+- at each latent size L_i (sorted), m_i is the **median** active count over the random seeds;
 - the curve **levels off at** L_k when at least one larger size was tried (k < n) and at every
   larger size the median stays within ``tolerance`` of m_k: |m_i - m_k| <= tolerance for all i > k;
 - the intrinsic dimension is m_k for the smallest such k.

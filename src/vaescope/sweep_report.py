@@ -102,7 +102,7 @@ def _thresholds(results: Mapping[str, Any]) -> dict[str, float]:
 def _intrinsic_section(results: Mapping[str, Any]) -> Section:
     words = {c: w.format(**_thresholds(results)) for c, w in _CRITERION_WORDS.items()}
     blocks: list[Block] = [Paragraph(
-        "How it is read: at each latent size, the median active count over the seeds; the curve **levels off** "
+        "How it is read: at each latent size, the median active count over the random seeds; the curve **levels off** "
         "at the smallest latent size L after which the median stays within "
         f"{DEFAULT_TOLERANCE:g} of its value at L at every larger size tried (at least one). The intrinsic "
         "dimension is that median. When no size qualifies (one size only, or the count still grows at the "

@@ -161,7 +161,7 @@ class Context:
 
     def train_together(self, presets: Sequence[str]) -> None:
         """Train the missing runs of ``presets`` for every seed at once with
-        :func:`vaescope.multi.train_many`: runs that share an architecture (the seeds of a preset,
+        :func:`vaescope.multi.train_many`: runs that share an architecture (the random seeds of a preset,
         dense16 and dense16_no_kl) as one batched computation, each with its own files."""
         configs, outs = [], []
         for preset in presets:
