@@ -86,7 +86,8 @@ def test_sweeps_count_the_active_variables_at_each_threshold() -> None:
     assert np.all(var.active_counts[plateau] == 4)
     s2 = sweeps["sigma2_mean"]
     assert not s2.log_scale and s2.thresholds[0] == 0 and s2.active_counts[0] == 0 and s2.active_counts[-1] == 5
-    assert np.all(np.diff(s2.active_counts) >= 0)
+    # active while mean sigma^2 <= t (the documented rule): the hand count at every threshold
+    assert list(s2.active_counts) == [int((SIGMA2 <= t).sum()) for t in s2.thresholds]
     assert np.all(s2.active_counts[(s2.thresholds >= 0.5) & (s2.thresholds < 0.9)] == 2)  # variables 0 and 4
     gain = sweeps["reconstruction_gain"]  # relative: 1, 2e-7, 0.02, 2e-6, 0.4
     assert np.all(gain.active_counts[(gain.thresholds > 0.02) & (gain.thresholds <= 0.4)] == 2)
