@@ -28,6 +28,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from . import config as config_mod
+from .adam import Optimizer
 from .config import Config
 from .errors import VaescopeError
 from .manifest import require_intact
@@ -120,7 +121,7 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu", mo
 
 # ---------------------------------------------------------------------------- checkpoints
 
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_to_flat(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -147,7 +148,7 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 def save_checkpoint(
     run_dir: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     generators: dict[str, torch.Generator],
     extra_tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adam import FusedAdam, Optimizer, fused_kernel_supports
 from .config import Config, LossConfig
 from .data import binarize_dynamic
 from .errors import VaescopeError
@@ -76,12 +77,16 @@ def as_float(batch: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- set-up
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam with the fused kernel (one kernel for all parameters) where this torch offers it."""
+def make_optimizer(model: nn.Module, lr: float) -> Optimizer:
+    """Adam with torch's fused kernel (one kernel for all parameters): :class:`~vaescope.adam.FusedAdam`
+    where the kernel takes the parameters, else ``torch.optim.Adam`` (fused where it can be)."""
+    params = list(model.parameters())
+    if fused_kernel_supports(params):
+        return FusedAdam(params, lr=lr)
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch or unsupported device
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(params, lr=lr)
 
 
 @dataclass
@@ -90,7 +95,7 @@ class TrainingSetup:
     (``shuffle``, on the CPU) and of the reparameterisation noise (``noise``, on the device)."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     shuffle: torch.Generator
     noise: torch.Generator
 
@@ -151,7 +156,7 @@ class NonFiniteGuard:
 
     DEVICE_CHECK_EVERY = 50
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, step: int) -> None:
+    def __init__(self, model: nn.Module, optimizer: Optimizer, device: torch.device, step: int) -> None:
         self.parameters = list(model.parameters())
         self.optimizer = optimizer
         self.every = self.interval(device, optimizer)
@@ -161,9 +166,9 @@ class NonFiniteGuard:
             self.device_step = torch.tensor(step, device=device)
 
     @classmethod
-    def interval(cls, device: torch.device, optimizer: torch.optim.Optimizer) -> int:
+    def interval(cls, device: torch.device, optimizer: Optimizer) -> int:
         """Steps between host looks: 1 on the CPU, or where Adam cannot skip steps on the device."""
-        fused = isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
+        fused = isinstance(optimizer, (FusedAdam, torch.optim.Adam)) and bool(optimizer.defaults.get("fused"))
         return 1 if device.type == "cpu" or not fused else cls.DEVICE_CHECK_EVERY
 
     def __enter__(self) -> NonFiniteGuard:
@@ -199,7 +204,7 @@ class NonFiniteGuard:
 
 def train_epoch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     x_train: torch.Tensor,
     loss: LossConfig,
     batch_size: int,

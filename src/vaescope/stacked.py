@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adam import Optimizer
 from .config import LossConfig
 from .engine import NonFiniteLoss, TrainingSetup, _flag_non_finite, as_float, make_optimizer
 from .models import DenseVAE
@@ -143,8 +144,8 @@ def from_stacked(row: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- Adam's state
 
-def stack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], models: Sequence[nn.Module],
-                          stacked: torch.optim.Optimizer, stack: StackedDenseVAE) -> None:
+def stack_optimizer_state(optimizers: Sequence[Optimizer], models: Sequence[nn.Module],
+                          stacked: Optimizer, stack: StackedDenseVAE) -> None:
     """Give ``stacked`` (an optimizer of ``stack``) the state of the M models' optimizers: each
     moment tensor stacked like its parameter, the step count (equal across the models) shared."""
     per_model = [[opt.state.get(p, {}) for p in m.parameters()] for opt, m in zip(optimizers, models)]
@@ -165,8 +166,8 @@ def stack_optimizer_state(optimizers: Sequence[torch.optim.Optimizer], models: S
         stacked.state[parameter] = entry
 
 
-def unstack_optimizer_state(stacked: torch.optim.Optimizer, stack: StackedDenseVAE,
-                            optimizers: Sequence[torch.optim.Optimizer], models: Sequence[nn.Module]) -> None:
+def unstack_optimizer_state(stacked: Optimizer, stack: StackedDenseVAE,
+                            optimizers: Sequence[Optimizer], models: Sequence[nn.Module]) -> None:
     """The inverse of :func:`stack_optimizer_state`: each model's optimizer gets its slice."""
     for k, parameter in enumerate(stack.stacked):
         entry = stacked.state.get(parameter)
@@ -308,7 +309,7 @@ def stacked_epoch(
     return step, means, diverged
 
 
-def _stacked(setups: Sequence[TrainingSetup], chosen: list[int], lr: float) -> tuple[StackedDenseVAE, torch.optim.Optimizer]:
+def _stacked(setups: Sequence[TrainingSetup], chosen: list[int], lr: float) -> tuple[StackedDenseVAE, Optimizer]:
     models = [setups[i].model for i in chosen]
     stack = StackedDenseVAE(models)
     optimizer = make_optimizer(stack, lr)
@@ -316,7 +317,7 @@ def _stacked(setups: Sequence[TrainingSetup], chosen: list[int], lr: float) -> t
     return stack, optimizer
 
 
-def _write_back(stack: StackedDenseVAE, optimizer: torch.optim.Optimizer, setups: Sequence[TrainingSetup],
+def _write_back(stack: StackedDenseVAE, optimizer: Optimizer, setups: Sequence[TrainingSetup],
                 chosen: list[int]) -> None:
     """The stack's weights and Adam state back into each model and its own optimizer."""
     models = [setups[i].model for i in chosen]
