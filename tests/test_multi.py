@@ -277,6 +277,22 @@ def test_an_unbatchable_config_trains_as_train_does(tmp_path, tiny_config, tiny_
         assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
 
 
+def test_unbatchable_runs_train_side_by_side_in_worker_threads(tmp_path, tiny_config, tiny_dataset):
+    """Two conv runs in two worker threads (one intra-op thread each): each the run `train` gives."""
+    convs = [replace(tiny_config, **{"model.kind": "conv", "train.epochs": 2, "train.seed": s}) for s in (0, 1)]
+    outs = [tmp_path / f"many{s}" for s in (0, 1)]
+    train_many(convs, outs, dataset=tiny_dataset, workers=2, **QUIET)
+    for conv, out in zip(convs, outs):
+        alone = tmp_path / f"alone{conv.train.seed}"
+        train(conv, alone, dataset=tiny_dataset, **QUIET)
+        for row, expected in zip(read_metrics(out), read_metrics(alone), strict=True):
+            assert row == pytest.approx(expected, rel=RTOL, abs=ATOL)
+        reference = load_run(alone).model.state_dict()
+        for key, value in load_run(out).model.state_dict().items():
+            torch.testing.assert_close(value, reference[key], rtol=RTOL, atol=ATOL)
+    assert not torch.equal(load_run(outs[0]).model.encoder[0].weight, load_run(outs[1]).model.encoder[0].weight)
+
+
 def test_benchmark_smoke(tiny_config, tiny_dataset):
     result = multi_model_benchmark(replace(tiny_config, **{"train.epochs": 1}), models=2, rounds=1,
                                    dataset=tiny_dataset)
@@ -337,7 +353,8 @@ def test_tasks_and_workers_are_chosen_from_the_configs(tiny_config, monkeypatch)
     dense = [replace(tiny_config, **{"train.seed": s, "train.threads": 0}) for s in range(6)]
     conv = replace(dense[0], **{"model.kind": "conv"})
     assert default_workers(dense) == 2  # one thread per core
-    assert default_workers(dense[:1]) == 1 and default_workers([conv, conv]) == 1  # nothing to share
+    assert default_workers(dense[:1]) == 1  # nothing to share
+    assert default_workers([conv, conv]) == 2  # side by side, one per thread
     assert default_workers([replace(c, **{"train.threads": 1}) for c in dense]) == 1
     # each group split between the workers; a model that cannot be stacked alone; another shape apart
     wide = replace(dense[5], **{"model.latent_dim": 8})

@@ -101,8 +101,12 @@ def test_progress_names_steps_models_and_epochs(tiny_reproduction) -> None:
     _, _, lines, _ = tiny_reproduction
     text = "\n".join(lines)
     assert "[1/11] train or reuse" in text and "[8/11] run-to-run" in text
-    # the six runs trained together (dense16 and its no-KL twin batched; conv16 one by one)
-    assert re.search(r"^training 6 runs together .*dense16_no_kl-seed1, conv16-seed0, conv16-seed1$", text, re.MULTILINE)
+    # every run a step reads trained together, once (dense16 seed 0 is read by two steps), before the
+    # first step that reads them: the static models for each seed, then the dynamic experiments' models
+    assert re.search(r"^training 9 runs together .*: dense16-seed0, dense16-seed1, dense16_no_kl-seed0, "
+                     r"dense16_no_kl-seed1, conv16-seed0, conv16-seed1, dense3-seed0, dense3_no_sampling-seed0, "
+                     r"dense2-seed0$", text, re.MULTILINE)
+    assert not re.search(r"^training (dense3|dense2)", text, re.MULTILINE)  # not again, one by one
     assert re.search(r"^dense16_no_kl-seed1: epoch 2/2 ", text, re.MULTILINE)
 
 

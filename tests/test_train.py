@@ -49,7 +49,9 @@ def test_training_lowers_the_loss_and_writes_the_run(tmp_path, tiny_config, tiny
         torch.testing.assert_close(run.model.state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_resume_gives_the_same_run_as_no_interruption(tmp_path, tiny_config, tiny_dataset, monkeypatch):
+@pytest.mark.parametrize("kind", ["dense", "conv"])  # conv: channels-last weights and Adam moments
+def test_resume_gives_the_same_run_as_no_interruption(tmp_path, tiny_config, tiny_dataset, monkeypatch, kind):
+    tiny_config = replace(tiny_config, **{"model.kind": kind})
     quiet = {"dataset": tiny_dataset, "progress": False}
     train(tiny_config, tmp_path / "whole", **quiet)
 

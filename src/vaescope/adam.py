@@ -114,9 +114,11 @@ class FusedAdam:
             if not entry:
                 continue
             p = self.params[position]
+            # copies (never shared with the state they came from); the moments in the parameter's
+            # own layout (a channels-last weight gets channels-last moments), as the kernel expects
             self.state[p] = {
-                key: torch.as_tensor(value).to(dtype=torch.float32 if key == "step" else p.dtype, device=p.device,
-                                               copy=True)  # never shared with the state it came from
+                key: (torch.as_tensor(value).to(dtype=torch.float32, device=p.device, copy=True) if key == "step"
+                      else torch.empty_like(p, memory_format=torch.preserve_format).copy_(value))
                 for key, value in entry.items()}
 
 

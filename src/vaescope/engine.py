@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -70,6 +71,13 @@ def images_to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torc
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """The layout of ``model``'s weights and input batches: its ``memory_format`` attribute
+    (vaescope's conv models: channels-last), else the default; a user's model keeps the default,
+    since code written for it may ``view`` its inputs."""
+    return getattr(model, "memory_format", torch.contiguous_format)
+
+
 def as_float(batch: torch.Tensor) -> torch.Tensor:
     """A batch as float32 in [0, 1]: uint8 images are value / 255."""
     return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
@@ -104,6 +112,9 @@ class TrainingSetup:
         return {"shuffle": self.shuffle, "noise": self.noise}
 
 
+_INIT_LOCK = threading.Lock()  # seeding torch's global generator and drawing the initialisation: one thread at a time
+
+
 def prepare_training(config: Config, image_shape: tuple[int, ...], device: torch.device,
                      model: nn.Module | None = None) -> TrainingSetup:
     """The one set-up of a training run: seed ``train.seed``, build the model ``config.model``
@@ -111,9 +122,10 @@ def prepare_training(config: Config, image_shape: tuple[int, ...], device: torch
     the shuffle and noise generators seeded ``seed`` and ``seed + 1``."""
     seed = config.train.seed
     if model is None:
-        torch.manual_seed(seed)  # the model's initialisation
-        model = build_model(config.model, image_shape)
-    model = model.to(device)
+        with _INIT_LOCK:  # runs set up in worker threads (vaescope.multi) each get their own seed's weights
+            torch.manual_seed(seed)  # the model's initialisation
+            model = build_model(config.model, image_shape)
+    model = model.to(device, memory_format=memory_format(model))
     return TrainingSetup(model, make_optimizer(model, config.train.lr),
                          torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1))
 
@@ -227,6 +239,7 @@ def train_epoch(
     n = len(x_train)
     device = x_train.device
     order = torch.randperm(n, generator=shuffle).to(device)
+    layout = memory_format(model)
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     with NonFiniteGuard(model, optimizer, device, step) as guard:
         for start in range(0, n, batch_size):
@@ -234,6 +247,8 @@ def train_epoch(
             batch = as_float(torch.index_select(x_train, 0, order[start : start + batch_size]))
             if binarize:
                 batch = binarize_dynamic(batch, noise)
+            if layout is not torch.contiguous_format:
+                batch = batch.to(memory_format=layout)
             terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
@@ -257,8 +272,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, loss: LossConfig, seed: int,
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(seed)
     totals = torch.zeros(3, dtype=torch.float64, device=x.device)
+    layout = memory_format(model)
     for start in range(0, len(x), batch_size):
-        batch = as_float(x[start : start + batch_size])
+        batch = as_float(x[start : start + batch_size]).to(memory_format=layout)
         terms = loss_terms(model, batch, loss, generator=generator)
         totals += torch.stack([terms.total * len(batch), terms.reconstruction.sum(),
                                terms.regularizer.sum()]).double()

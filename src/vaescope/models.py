@@ -52,7 +52,13 @@ class ConvVAE(nn.Module):
     Encoder: conv 4x4/2 (C->c1) ReLU, conv 4x4/2 (c1->c2) ReLU, flatten, dense (-> d) ReLU,
     dense (-> 2D). Decoder: dense (D -> d) ReLU, dense (-> c2*H/4*W/4) ReLU, transposed conv
     4x4/2 (c2->c1) ReLU, transposed conv 4x4/2 (c1->C) giving logits.
+
+    ``memory_format``: the layout the engine gives this model's weights and batches. Channels-last
+    is oneDNN's preferred layout for these convolutions: an epoch of conv16 on MNIST takes 1.16x
+    less time on a 2-core CPU than in the default layout (``vaescope bench``).
     """
+
+    memory_format = torch.channels_last
 
     def __init__(self, image_shape: tuple[int, ...], channels: tuple[int, ...], dense: int,
                  latent_dim: int) -> None:

@@ -11,7 +11,9 @@ in cohorts: the ones furthest behind first, joined by the others when they reach
 
 On the CPU a group is split between worker threads, one per core, each driving its part with one
 intra-op thread (torch's kernels release the GIL): that avoids the waits of intra-op threads on
-small kernels, which on a machine shared with other jobs cost several times the epoch. A model's
+small kernels, which on a machine shared with other jobs cost several times the epoch. Models
+that cannot be stacked (convolutional ones, your own) train one per task in the same threads;
+the costliest tasks start first. A model's
 ``timing.csv`` holds its share of each batched epoch (the epoch's wall time / the models in it).
 
 A model whose loss or gradient becomes NaN or infinite leaves its group before Adam applies the
@@ -42,13 +44,14 @@ from .config import Config
 from .data import Dataset, check_dataset, load_dataset
 from .engine import as_float, cpu_settings, prepare_training, select_device
 from .errors import VaescopeError
-from .models import MODEL_KINDS
+from .models import MODEL_KINDS, build_model
 from .stacked import stacked_epoch
 from .storage import directory_lock
 from .train import (
     Diverged,
     RunState,
     RunTensors,
+    Stopped,
     TrainResult,
     claim_run,
     divergence,
@@ -131,11 +134,14 @@ def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: D
         def task_runs(task: list[int]) -> tuple[list[Run], Dataset]:
             return [runs[i] for i in task], datasets[runs[task[0]][0].data.source]
 
-        # with workers, the batchable tasks go to the threads; the others train here first, one by one
-        threaded = [k for k, task in enumerate(tasks) if workers > 1 and batchable(runs[task[0]][0])]
+        # with workers, every task goes to the threads, the costliest first (they balance better)
         outcomes: dict[int, Outcome] = {}
-        for k, task in enumerate(tasks):
-            if k not in threaded:
+        if workers > 1:
+            threaded = sorted(range(len(tasks)), key=lambda k: -task_cost([runs[i][0] for i in tasks[k]],
+                                                                          task_runs(tasks[k])[1].image_shape))
+        else:
+            threaded = []
+            for k, task in enumerate(tasks):
                 outcomes[k] = run_task(*task_runs(task), runs[task[0]][0].train.threads, progress)
         if threaded:
             threads = max(1, (runs[tasks[threaded[0]][0]][0].train.threads or os.cpu_count() or 1) // workers)
@@ -158,14 +164,27 @@ Outcome = tuple[dict[int, TrainResult], list[str]]  # a task's results by positi
 
 def default_workers(configs: Sequence[Config]) -> int:
     """``train_many``'s choice: on the CPU, one thread per core (within ``train.threads``, at most
-    one per model it can stack); 1 for an accelerator (one process drives it, stacked models make
-    its work large). Measured on an idle 2-core machine, 6 dense16 models: two threads of three
-    stacked models each train ~1.1x faster than six stacked models on two intra-op threads, and
-    on a busy one far faster (intra-op threads wait on each other; see the README)."""
+    one per model); 1 for an accelerator (one process drives it, stacked models make its work
+    large). Measured on an idle 2-core machine: six dense16 models in two threads of three stacked
+    models each train ~1.1x faster than six stacked models on two intra-op threads, two conv16
+    models in two threads 1.2x faster than one after the other on two intra-op threads, and on a
+    busy machine the threads gain far more (intra-op threads wait on each other; see the README)."""
     if not configs or select_device(configs[0].train.device).type != "cpu":
         return 1
     cores = configs[0].train.threads or os.cpu_count() or 1
-    return max(1, min(cores, sum(batchable(config) for config in configs)))
+    return max(1, min(cores, len(configs)))
+
+
+def task_cost(configs: Sequence[Config], image_shape: tuple[int, ...]) -> float:
+    """A task's work, for ordering: epochs times the FLOPs of one example's forward pass, summed
+    over its models (counted by torch's FlopCounterMode on the model its config builds)."""
+    from .bench import forward_flops
+
+    with torch.random.fork_rng(devices=[]):  # leaves the global generator as it was
+        model = build_model(configs[0].model, image_shape)
+    x = torch.zeros((1, *image_shape))
+    flops = forward_flops(lambda: model.decode(model.encode(x)[0]))
+    return float(flops) * sum(c.train.epochs for c in configs)
 
 
 def plan_tasks(configs: Sequence[Config], max_models: int = 16, workers: int = 1) -> list[list[int]]:
@@ -192,17 +211,13 @@ def run_task(runs: Sequence[Run], data: Dataset, threads: int | None, progress: 
     diverged. A batchable task stops at the next step once ``stop`` is set."""
     failures: list[str] = []
     with cpu_settings(threads) if threads is not None else contextlib.nullcontext():
-        if len(runs) > 1 or stop is not None:
+        if batchable(runs[0][0]) and (len(runs) > 1 or stop is not None):
             return train_group(runs, data, progress, failures, stop), failures
         config, out, intact = runs[0]
         try:
-            return {0: train_claimed(config, out, True, data, progress, None, intact)}, failures
+            return {0: train_claimed(config, out, True, data, progress, None, intact, stop)}, failures
         except Diverged as err:
             return {}, [f"{out}: {err}"]
-
-
-class Stopped(Exception):
-    """A worker thread stopped because another one failed or the user interrupted."""
 
 
 def _in_threads(work: list[tuple[list[Run], Dataset]], workers: int, threads: int) -> list[Outcome]:
@@ -229,9 +244,6 @@ def _in_threads(work: list[tuple[list[Run], Dataset]], workers: int, threads: in
 
 
 # ---------------------------------------------------------------------------- one group
-
-_SETUP_LOCK = threading.Lock()
-
 
 @dataclass(eq=False)
 class Member:
@@ -264,8 +276,7 @@ def train_group(runs: Sequence[tuple[Config, Path, bool]], data: Dataset, progre
     for i, (config, out, intact) in enumerate(runs):
         own = dataclasses.replace(tensors, subset=as_float(tensors.x_test[: config.train.trace_subset].clone()))
         subsets[i] = own
-        with _SETUP_LOCK:  # prepare_training seeds torch's global generator for the initialisation
-            setup = prepare_training(config, data.image_shape, device)
+        setup = prepare_training(config, data.image_shape, device)
         state = start_run(out, config, setup, own.subset, resume=True)
         if state.finished:
             results[i] = state.result() if intact else finish_run(state, data.image_shape, True)

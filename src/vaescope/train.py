@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,9 +226,15 @@ def finish_run(state: RunState, image_shape: tuple[int, ...], finished_before: b
     return state.result()
 
 
+class Stopped(Exception):
+    """Training stopped at a step because its ``stop`` event was set (another worker thread
+    failed, or the user interrupted); the run resumes from its last checkpoint."""
+
+
 def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | None, progress: bool,
-                  model: nn.Module | None, intact: bool = False) -> TrainResult:
-    """:func:`train` after :func:`claim_run`, with the lock of ``out`` held by the caller."""
+                  model: nn.Module | None, intact: bool = False, stop: threading.Event | None = None) -> TrainResult:
+    """:func:`train` after :func:`claim_run`, with the lock of ``out`` held by the caller; raises
+    :class:`Stopped` at the next step once ``stop`` is set."""
     t_cfg = config.train
     device = select_device(t_cfg.device)
     data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
@@ -248,6 +255,8 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
                unit="step", dynamic_ncols=True, leave=False)
 
     def on_step(global_step: int, values: dict[str, torch.Tensor]) -> None:
+        if stop is not None and stop.is_set():
+            raise Stopped
         if global_step % every == 0:
             state.trace.record(model, subset, global_step, global_step / steps_per_epoch)
             model.train()

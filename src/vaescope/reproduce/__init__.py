@@ -21,10 +21,10 @@ from ..data import Dataset, load_dataset
 from ..report import Paragraph, write_report
 from ..storage import atomic_write_json, directory_lock, remove_temporaries
 from . import dynamics, sparsity
-from .context import Context, ModelRuns, Settings, Step, TrainedRun, make_settings
+from .context import Context, ModelRuns, RunSpec, Settings, Step, TrainedRun, make_settings
 from .text import REFERENCES, references_section
 
-__all__ = ["Context", "ModelRuns", "Settings", "Step", "TrainedRun", "default_steps", "make_settings", "reproduce"]
+__all__ = ["Context", "ModelRuns", "RunSpec", "Settings", "Step", "TrainedRun", "default_steps", "make_settings", "reproduce"]
 
 log = logging.getLogger(__name__)
 TITLE = "vaescope: reproducing A. Asperti's results on the KL term, sparsity and the variance law"
@@ -59,6 +59,7 @@ def _reproduce_locked(settings: Settings, out: Path, steps: list[Step] | None,
     log.info("vaescope reproduce (%s, %d seed(s)) -> %s", settings.mode, settings.seeds, out)
     data = dataset if dataset is not None else load_dataset(settings.data_source)
     ctx = Context(settings, out, data)
+    ctx.planned = [spec for step in steps if step.runs is not None for spec in step.runs(ctx)]
     ctx.results.update({
         "mode": settings.mode,
         "seeds": ctx.seeds,

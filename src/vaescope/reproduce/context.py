@@ -122,11 +122,27 @@ class ModelRuns:
         }
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """A run a step needs: ``preset`` for ``seed`` (``epochs``: the settings' when None), with
+    ``overrides``, stored as ``runs/<name>-seed<seed>`` (``name``: the preset when None)."""
+
+    preset: str
+    seed: int
+    epochs: int | None = None
+    overrides: tuple[str, ...] = ()
+    name: str | None = None
+
+
 @dataclass
 class Step:
+    """One step of ``reproduce``. ``runs``: the trained runs it reads (``ctx.trained`` with the
+    same arguments), declared so that the "train" step trains every step's runs together."""
+
     id: str
     title: str
     run: Callable[[Context], None]
+    runs: Callable[[Context], list[RunSpec]] | None = None
 
 
 class Context:
@@ -143,6 +159,7 @@ class Context:
         self.generation: dict[str, GenerationCheck] = {}
         self._runs: dict[tuple[str, int], TrainedRun] = {}
         self._trained_now: set[Path] = set()  # trained by train_together in this invocation
+        self.planned: list[RunSpec] = []  # every step's declared runs (set by the runner)
 
     @property
     def trained_runs(self) -> list[TrainedRun]:
@@ -159,23 +176,22 @@ class Context:
         return config_mod.replace(cfg, **{"train.seed": seed,
                                           "train.epochs": epochs or self.settings.epochs_for(preset)})
 
-    def train_together(self, presets: Sequence[str]) -> None:
-        """Train the missing runs of ``presets`` for every seed at once with
-        :func:`vaescope.multi.train_many`: runs that share an architecture (the random seeds of a preset,
-        dense16 and dense16_no_kl) as one batched computation, each with its own files."""
+    def train_together(self, specs: Sequence[RunSpec]) -> None:
+        """Train the missing runs of ``specs`` at once with :func:`vaescope.multi.train_many`: runs
+        that share an architecture (the random seeds of a preset, dense16 and dense16_no_kl) as one
+        batched computation, the others side by side in its worker threads, each with its own files."""
         configs, outs = [], []
-        for preset in presets:
-            for seed in self.seeds:
-                cfg = self.config_for(preset, seed)
-                run_dir = self.out / "runs" / f"{preset}-seed{seed}"
-                changed = discard_other_run(run_dir, cfg)  # reproduce owns its runs/ folder
-                if changed:
-                    log.info("%s was trained with a different config (%s); retraining", run_dir,
-                             ", ".join(changed[:4]))
-                if is_finished(run_dir, cfg) and verify_run(run_dir).intact:
-                    continue
-                configs.append(cfg)
-                outs.append(run_dir)
+        for spec in dict.fromkeys(specs):  # a run two steps read, once
+            cfg = self.config_for(spec.preset, spec.seed, spec.epochs, spec.overrides)
+            run_dir = self.out / "runs" / f"{spec.name or spec.preset}-seed{spec.seed}"
+            changed = discard_other_run(run_dir, cfg)  # reproduce owns its runs/ folder
+            if changed:
+                log.info("%s was trained with a different config (%s); retraining", run_dir,
+                         ", ".join(changed[:4]))
+            if is_finished(run_dir, cfg) and verify_run(run_dir).intact:
+                continue
+            configs.append(cfg)
+            outs.append(run_dir)
         if configs:
             log.info("training %d runs together where they share an architecture: %s", len(configs),
                      ", ".join(p.name for p in outs))
@@ -212,6 +228,10 @@ class Context:
                  name, seed, stats.inactive_count, stats.latent_dim, stats.variance_law_max_abs_dev)
         self._runs[key] = trained
         return trained
+
+    def run(self, spec: RunSpec) -> TrainedRun:
+        """The run ``spec`` describes (:meth:`trained`)."""
+        return self.trained(spec.preset, spec.seed, spec.epochs, spec.overrides, spec.name)
 
     def model_runs(self, preset: str) -> ModelRuns:
         """The runs of ``preset`` for every seed."""

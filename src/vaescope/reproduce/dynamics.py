@@ -20,7 +20,7 @@ from ..experiments.noise_collapse import NoiseCollapseSettings, noise_collapse
 from ..experiments.trajectories import TrajectorySettings, add_final_layout, record_trajectories
 from ..figures import dynamics as figs
 from ..report import Image, Paragraph, Section, Table
-from .context import Context, Settings, Step
+from .context import Context, RunSpec, Settings, Step
 from .text import architecture
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,12 @@ def dynamic_settings(quick: bool) -> DynamicSettings:
 
 def steps(settings: Settings) -> list[Step]:
     return [
-        Step("noise-collapse", "collapse of a dense16 variable by noise, and its recovery", noise_collapse_step),
-        Step("kl-ablation", "3-D latent space with and without sampling", kl_ablation_step),
-        Step("trajectories", "trajectories in a 2-D latent space", trajectories_step),
+        Step("noise-collapse", "collapse of a dense16 variable by noise, and its recovery", noise_collapse_step,
+             runs=lambda ctx: [RunSpec("dense16", ctx.seeds[0])]),
+        Step("kl-ablation", "3-D latent space with and without sampling", kl_ablation_step,
+             runs=lambda ctx: list(kl_ablation_runs(ctx).values())),
+        Step("trajectories", "trajectories in a 2-D latent space", trajectories_step,
+             runs=lambda ctx: [trajectory_run(ctx)]),
     ]
 
 
@@ -154,14 +157,18 @@ DENSE3 = ("model.latent_dim=3",)
 DENSE2 = ("model.latent_dim=2",)
 
 
-def kl_ablation_step(ctx: Context) -> None:
-    dynamic = dynamic_settings(ctx.settings.quick)
-    settings = dynamic.ablation
+def kl_ablation_runs(ctx: Context) -> dict[str, RunSpec]:
+    """The KL ablation's two dense3 runs (first seed), with and without sampling."""
     seed = ctx.seeds[0]
-    epochs = ctx.settings.epochs.get("dense3", dynamic.dense3_epochs)
-    runs = {"with sampling": ctx.trained("dense3", seed, epochs=epochs, overrides=DENSE3),
-            "without sampling": ctx.trained("dense3", seed, epochs=epochs, overrides=(*DENSE3, "loss.sampling=false"),
-                                            name="dense3_no_sampling")}
+    epochs = ctx.settings.epochs.get("dense3", dynamic_settings(ctx.settings.quick).dense3_epochs)
+    return {"with sampling": RunSpec("dense3", seed, epochs, DENSE3),
+            "without sampling": RunSpec("dense3", seed, epochs, (*DENSE3, "loss.sampling=false"),
+                                        name="dense3_no_sampling")}
+
+
+def kl_ablation_step(ctx: Context) -> None:
+    settings = dynamic_settings(ctx.settings.quick).ablation
+    runs = {name: ctx.run(spec) for name, spec in kl_ablation_runs(ctx).items()}
     arms = {name: ablation_arm(tr.run.model, ctx.dataset.x_test, ctx.dataset.y_test, settings)
             for name, tr in runs.items()}
     block: dict[str, Any] = {}
@@ -194,11 +201,16 @@ def kl_ablation_step(ctx: Context) -> None:
         codes, slices,
         Table(["training", "mean distance prior sample -> nearest code", "same, codes drawn from the prior",
                "KL(Gaussian fit || N(0, I)) (nats)", "std of the codes per axis", "test reconstruction (nats)"],
-              rows, caption=f"First {len(next(iter(arms.values())).codes)} test digits, seed {seed}."),
+              rows, caption=f"First {len(next(iter(arms.values())).codes)} test digits, seed {ctx.seeds[0]}."),
     ]))
 
 
 # ---------------------------------------------------------------------------- trajectories
+
+def trajectory_run(ctx: Context) -> RunSpec:
+    """The trajectories' dense2 run (first seed)."""
+    return RunSpec("dense2", ctx.seeds[0], dynamic_settings(ctx.settings.quick).trajectory.epochs, DENSE2)
+
 
 def trajectories_step(ctx: Context) -> None:
     settings = dynamic_settings(ctx.settings.quick).trajectory
@@ -207,7 +219,7 @@ def trajectories_step(ctx: Context) -> None:
     log.info("trajectories: recording %d epoch(s) of dense2 every %d minibatches", settings.record_epochs,
              settings.record_every)
     recorded = record_trajectories(config, ctx.dataset, settings)
-    tr = ctx.trained("dense2", seed, epochs=settings.epochs, overrides=DENSE2)
+    tr = ctx.run(trajectory_run(ctx))
     result = add_final_layout(recorded, tr.run.model, ctx.dataset, tr.run.config.train.epochs, settings)
     figs.save_animation(figs.trajectories_animation(result), ctx.out / ANIMATION)
     ctx.results["trajectories"] = {

@@ -24,7 +24,7 @@ from ..experiments.variance_trace import variance_trace
 from ..figures import sparsity as figs
 from ..report import Paragraph, Section, Table
 from ..sections import GENERATION_TEXT, criteria_counts, gain_summary_row, gain_table, generation_table, table1_table
-from .context import Context, Settings, Step, TrainedRun
+from .context import Context, RunSpec, Settings, Step, TrainedRun
 from .text import architecture
 
 MODELS: tuple[str, ...] = ("dense16", "dense16_no_kl", "conv16")
@@ -33,7 +33,8 @@ SPARSE_MODELS: tuple[str, ...] = ("dense16", "conv16")  # the two VAEs of the sp
 
 def steps(settings: Settings) -> list[Step]:
     return [
-        Step("train", "train or reuse dense16, dense16_no_kl and conv16 for every seed", train_models),
+        Step("train", "train or reuse every run the steps read, together (dense16, dense16_no_kl and conv16 "
+                      "for every seed, and the dynamic experiments' models)", train_models, runs=static_runs),
         Step("variance-trace", "variance of each variable along training", variance_along_training),
         Step("table1", "Table 1: per-variable statistics of the dense and conv nets", table1),
         Step("generation", "generation with inactive variables zeroed", generation),
@@ -54,8 +55,12 @@ def _arch(tr: TrainedRun) -> str:
     return architecture(tr.run.config, tr.run.image_shape)
 
 
+def static_runs(ctx: Context) -> list[RunSpec]:
+    return [RunSpec(model, seed) for model in MODELS for seed in ctx.seeds]
+
+
 def train_models(ctx: Context) -> None:
-    ctx.train_together(MODELS)
+    ctx.train_together(ctx.planned or static_runs(ctx))
     ctx.results["models"] = {model: ctx.model_runs(model).to_dict(ARTICLE_INACTIVE_COUNTS.get(model))
                              for model in MODELS}
 
