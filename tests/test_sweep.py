@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import TINY_OVERRIDES
 
@@ -22,9 +23,19 @@ from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
 from vaescope.criteria import criteria_table
 from vaescope.errors import VaescopeError
-from vaescope.rundir import run_statistics
+from vaescope.rundir import read_metrics, run_statistics
 from vaescope.storage import directory_lock
-from vaescope.sweep import DataBundle, RunSpec, expand, parse_grid, point_name, run_one, sweep
+from vaescope.sweep import (
+    DataBundle,
+    RunSpec,
+    expand,
+    parse_grid,
+    point_groups,
+    point_name,
+    run_group,
+    run_one,
+    sweep,
+)
 from vaescope.train import train
 
 GRID = {"model.latent_dim": [1, 3]}
@@ -249,3 +260,35 @@ def test_curves_of_a_two_key_grid_are_read_apart(tmp_path):
     with (tmp_path / "sweep.csv").open(newline="") as handle:
         header = next(csv.reader(handle))
     assert header[:3] == ["run", "model.latent_dim", "loss.beta"]
+
+
+def test_the_seeds_of_a_point_are_one_task_split_only_to_feed_idle_workers(tiny_config, tmp_path):
+    grid = {"model.latent_dim": [2, 3]}
+    specs = expand(tiny_config, grid, [0, 1, 2], tmp_path, threads=1)
+    names = lambda groups: [[s.name for s in g] for g in groups]
+    two_points = point_groups(specs, workers=2)
+    assert names(two_points) == [[f"latent_dim2-seed{s}" for s in range(3)], [f"latent_dim3-seed{s}" for s in range(3)]]
+    one_point = [s for s in specs if s.point["model.latent_dim"] == 2]
+    assert [[s.seed for s in g] for g in point_groups(one_point, workers=2)] == [[0, 2], [1]]
+    assert [[s.seed for s in g] for g in point_groups(one_point, workers=1)] == [[0, 1, 2]]
+
+
+def test_a_group_trains_its_seeds_together_and_reports_each_run(tiny_config, tmp_path, tiny_dataset):
+    """run_group: the seeds of a point stacked (each as a separate run within float tolerance), each
+    run's own row and status; a run that cannot train gets its error line, the others their rows."""
+    specs = expand(config_mod.replace(tiny_config, **{"train.epochs": 2}), {}, [0, 1, 2], tmp_path, threads=1)
+    Path(specs[2].run_dir).mkdir(parents=True)  # a run of another config is in the way of seed 2
+    (Path(specs[2].run_dir) / "config.json").write_text(json.dumps(
+        config_mod.replace(specs[2].config, **{"model.latent_dim": 7}).to_dict()))
+    bundle = DataBundle(tiny_dataset)
+    rows = run_group(specs, bundle)
+    assert [r["status"] for r in rows[:2]] == ["trained", "trained"]
+    assert isinstance(rows[2], str) and "model.latent_dim" in rows[2]
+    for spec, row in zip(specs[:2], rows[:2]):
+        alone = tmp_path / f"alone{spec.seed}"
+        train(spec.config, alone, dataset=tiny_dataset, progress=False)
+        reference = load_run(alone).model.state_dict()
+        for key, value in load_run(spec.run_dir).model.state_dict().items():
+            torch.testing.assert_close(value, reference[key], rtol=1e-5, atol=1e-6)
+        assert row["test_loss"] == pytest.approx(read_metrics(alone)[-1]["test_loss"], rel=1e-5)
+    assert [r["status"] for r in run_group(specs[:2], bundle)] == ["reused", "reused"]

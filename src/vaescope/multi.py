@@ -229,7 +229,7 @@ def _in_threads(work: list[tuple[list[Run], Dataset]], workers: int, threads: in
         torch.set_flush_denormal(True)  # a per-thread CPU flag (cpu_settings set this thread's only)
         return run_task(runs, data, None, progress=False, stop=stop)
 
-    log.info("training %d groups in %d threads", len(work), workers)
+    log.info("training %d tasks in %d threads", len(work), workers)
     with cpu_settings(threads), concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(one, *task) for task in work]
         try:

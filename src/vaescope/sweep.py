@@ -12,11 +12,14 @@ matches is reused, an interrupted one resumes from its last checkpoint (and ends
 uninterrupted run has), so a killed sweep, run again with the same command, loses no finished run.
 The sweep holds the lock of ``DIR`` (a second sweep into it is refused) and each run its own.
 
-Execution (:func:`train_runs`, the one place that decides how a list of runs is trained):
+Execution (:func:`train_runs`, the one place that decides how a list of runs is trained): a task is
+the seeds of one grid point (:func:`point_groups`), trained together by :func:`run_group`
+(:func:`vaescope.multi.train_many`: one batched computation where the model can be stacked), each
+still its own run directory;
 
 - local (default): a pool of ``workers`` spawned processes, each with ``threads`` torch threads;
-- Ray: the same runs as Ray tasks (:func:`run_one`, a plain function of picklable arguments that
-  writes an ordinary run directory); ``ray.init(address)``, or a local instance with every core.
+- Ray: the same tasks as Ray tasks (:func:`run_group`, a plain function of picklable arguments);
+  ``ray.init(address)``, or a local instance with every core.
 
 A run that fails is reported with its error and tried once more; the others go on.
 """
@@ -195,17 +198,50 @@ def _test_means(model: torch.nn.Module, x: np.ndarray, batch_size: int = 2000) -
     return torch.cat(parts).double().numpy()  # (N, D)
 
 
-def run_one(spec: RunSpec, bundle: DataBundle | None = None) -> dict[str, Any]:
+def _status(spec: RunSpec) -> str:
+    run_dir = Path(spec.run_dir)
+    return "reused" if is_finished(run_dir, spec.config) else "resumed" if has_checkpoint(run_dir) else "trained"
+
+
+def run_group(specs: Sequence[RunSpec], bundle: DataBundle | None = None) -> list[dict[str, Any] | str]:
+    """Train the runs of one grid point (its seeds: one architecture) together with
+    :func:`vaescope.multi.train_many` in this process (stacked where the model allows), then
+    measure each (:func:`run_one`); returns each run's row, or its one-line error where it failed.
+
+    A plain function of picklable arguments, what a worker process and a Ray task call.
+    """
+    if bundle is None:
+        bundle = load_bundle(specs[0].config.data.source)
+    statuses = [_status(spec) for spec in specs]
+    if len(specs) > 1 and any(status != "reused" for status in statuses):
+        from .multi import train_many
+
+        try:
+            train_many([spec.config for spec in specs], [spec.run_dir for spec in specs], dataset=bundle.dataset,
+                       progress=False, workers=1)
+        except VaescopeError:
+            pass  # a run that failed fails again below, alone, with its own error
+    outcomes: list[dict[str, Any] | str] = []
+    for spec, status in zip(specs, statuses):
+        try:
+            outcomes.append(run_one(spec, bundle, status))
+        except Exception as err:  # noqa: BLE001  (reported per run; the sweep goes on)
+            outcomes.append(_error_line(err))
+    return outcomes
+
+
+def run_one(spec: RunSpec, bundle: DataBundle | None = None, status: str | None = None) -> dict[str, Any]:
     """Train (or reuse, or resume) one run and measure it on the test split; returns its row.
 
-    A plain function of picklable arguments that writes an ordinary run directory: what a worker
-    process and a Ray task call. ``bundle`` None loads ``config.data.source`` here.
+    A plain function of picklable arguments that writes an ordinary run directory. ``bundle`` None
+    loads ``config.data.source`` here; ``status``: what was found before the run's group trained it.
     """
     run_dir = Path(spec.run_dir)
     if bundle is None:
         bundle = load_bundle(spec.config.data.source)
-    status = "reused" if is_finished(run_dir, spec.config) else "resumed" if has_checkpoint(run_dir) else "trained"
-    if status != "reused":
+    found = _status(spec)
+    status = status or found
+    if found != "reused":
         from .train import train
 
         train(spec.config, run_dir, resume=True, dataset=bundle.dataset, progress=False)
@@ -275,26 +311,38 @@ def train_runs(specs: Sequence[RunSpec], execution: Execution, bundles: Mapping[
     pool: LocalPool | RayPool = RayPool(execution, bundles) if execution.ray is not None else LocalPool(execution, bundles)
     attempts = {spec.name: 0 for spec in specs}
     try:
-        pending = {pool.submit(spec): spec for spec in specs}
+        pending = {pool.submit(group): group for group in point_groups(specs, execution.workers)}
         while pending:
             for handle, outcome in pool.wait(list(pending), timeout=0.5):
-                spec = pending.pop(handle)
-                attempts[spec.name] += 1
-                if not isinstance(outcome, BaseException):
-                    on_done(spec, {**outcome, "attempts": attempts[spec.name]})
-                    continue
-                error = _error_line(outcome)
-                if attempts[spec.name] < ATTEMPTS:
-                    log.warning("run %s failed (%s); trying it once more", spec.name, error)
-                    pending[pool.submit(spec)] = spec
-                else:
-                    log.warning("run %s failed again (%s); the others go on", spec.name, error)
-                    on_done(spec, failed_row(spec, error, attempts[spec.name]))
+                group = pending.pop(handle)
+                # a task's own failure (a dead worker, a bug) is every run's of its group
+                results = ([_error_line(outcome)] * len(group) if isinstance(outcome, BaseException) else outcome)
+                for spec, result in zip(group, results):
+                    attempts[spec.name] += 1
+                    if not isinstance(result, str):
+                        on_done(spec, {**result, "attempts": attempts[spec.name]})
+                    elif attempts[spec.name] < ATTEMPTS:
+                        log.warning("run %s failed (%s); trying it once more", spec.name, result)
+                        pending[pool.submit([spec])] = [spec]
+                    else:
+                        log.warning("run %s failed again (%s); the others go on", spec.name, result)
+                        on_done(spec, failed_row(spec, result, attempts[spec.name]))
             on_wait()
     except BaseException:  # Ctrl-C or a bug: do not wait for runs in flight (workers die with us)
         pool.close(wait=False)
         raise
     pool.close()
+
+
+def point_groups(specs: Sequence[RunSpec], workers: int) -> list[list[RunSpec]]:
+    """The tasks: the seeds of each grid point together (they train as one batched computation),
+    each point's seeds split in two where there are fewer points than ``workers``, so that no
+    worker idles."""
+    points: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        points.setdefault(repr(sorted(spec.point.items())), []).append(spec)
+    parts = 1 if len(points) >= workers else -(-workers // max(1, len(points)))
+    return [seeds[k::parts] for seeds in points.values() for k in range(min(parts, len(seeds)))]
 
 
 def failed_row(spec: RunSpec, error: str, attempts: int) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Where a sweep's runs execute: a pool of local worker processes, or Ray tasks.
 
-Both pools offer the same three calls to :func:`vaescope.sweep.train_runs`: ``submit(spec)`` returns a
-handle, ``wait(handles, timeout)`` returns ``(handle, row or exception)`` for those that ended, and
-``close()``. Each run is :func:`vaescope.sweep.run_one`, which writes an ordinary run directory.
+Both pools offer the same three calls to :func:`vaescope.sweep.train_runs`: ``submit(specs)`` returns
+a handle, ``wait(handles, timeout)`` returns ``(handle, rows or exception)`` for those that ended,
+and ``close()``. Each task is :func:`vaescope.sweep.run_group`: the seeds of one grid point trained
+together, each an ordinary run directory.
 
 Local workers are spawned (a fresh interpreter: no copy of the parent's torch threads or locks),
 set their torch thread count, receive the datasets once, and die with the sweep: on Linux the
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from .errors import VaescopeError
-from .sweep import DataBundle, Execution, RunSpec, run_one
+from .sweep import DataBundle, Execution, RunSpec, run_group
 
 _BUNDLES: dict[str, DataBundle] = {}  # a worker's datasets, by data source
 
@@ -47,8 +48,8 @@ def _init_worker(threads: int, bundles: Mapping[str, DataBundle], parent: int) -
     _BUNDLES.update(bundles)
 
 
-def _local_task(spec: RunSpec) -> dict[str, Any]:
-    return run_one(spec, _BUNDLES.get(spec.config.data.source))
+def _local_task(specs: list[RunSpec]) -> list[dict[str, Any] | str]:
+    return run_group(specs, _BUNDLES.get(specs[0].config.data.source))
 
 
 class LocalPool:
@@ -67,12 +68,12 @@ class LocalPool:
             initializer=_init_worker, initargs=self._initargs)
         return self._executor
 
-    def submit(self, spec: RunSpec) -> concurrent.futures.Future:
+    def submit(self, specs: list[RunSpec]) -> concurrent.futures.Future:
         executor = self._executor or self._new_executor()
         try:
-            return executor.submit(_local_task, spec)
+            return executor.submit(_local_task, specs)
         except BrokenProcessPool:  # a worker died (killed, out of memory): the others were lost too
-            return self._new_executor().submit(_local_task, spec)
+            return self._new_executor().submit(_local_task, specs)
 
     def wait(self, handles: Sequence[concurrent.futures.Future], timeout: float) -> list[tuple[Any, Any]]:
         done, _ = concurrent.futures.wait(handles, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -119,10 +120,10 @@ class RayPool:
             self._started = True
         self._bundles = {source: ray.put(bundle) for source, bundle in bundles.items()}
         # retries are the sweep's own (reported, once), not Ray's silent ones
-        self._task = ray.remote(num_cpus=execution.threads, max_retries=0)(run_one)
+        self._task = ray.remote(num_cpus=execution.threads, max_retries=0)(run_group)
 
-    def submit(self, spec: RunSpec) -> Any:
-        return self._task.remote(spec, self._bundles.get(spec.config.data.source))
+    def submit(self, specs: list[RunSpec]) -> Any:
+        return self._task.remote(specs, self._bundles.get(specs[0].config.data.source))
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[tuple[Any, Any]]:
         ready, _ = self._ray.wait(list(handles), num_returns=len(handles), timeout=timeout)

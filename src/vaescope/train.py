@@ -275,7 +275,8 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
                     setup.noise, state.step, on_step=on_step, binarize=config.data.binarize == "dynamic")
             except NonFiniteLoss as fault:
                 raise divergence(out, state.epoch + 1, fault) from None
-            end_epoch(state, tensors, train_means, time.perf_counter() - started)
+            end_epoch(state, tensors, train_means, time.perf_counter() - started,
+                      f"{out.name}: " if stop is not None else "")  # in a worker thread: say which run
     finally:
         bar.close()
     return finish_run(state, data.image_shape, finished_before)
