@@ -105,9 +105,10 @@ class StackedDenseVAE(nn.Module):
     @torch.no_grad()
     def copy_into(self, models: Sequence[DenseVAE]) -> None:
         """Write the stacked weights into the M models (for evaluation, statistics, checkpoints)."""
+        per_model = [list(m.parameters()) for m in models]  # once: listing a module's parameters is slow
         for k, parameter in enumerate(self.stacked):
-            for i, model_parameter in enumerate(_nth_parameters(models, k)):
-                model_parameter.copy_(from_stacked(parameter[i], model_parameter))
+            for i, own in enumerate(per_model):
+                own[k].copy_(from_stacked(parameter[i], own[k]))
 
     @torch.no_grad()
     def select(self, keep: Sequence[int]) -> StackedDenseVAE:
