@@ -213,4 +213,9 @@ def test_device_side_fault_flag_matches_the_per_step_check(tiny_config, tiny_dat
         assert torch.equal(a, b) and torch.isfinite(a).all()
         for key in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(every[1].state[a][key], every_fifth[1].state[b][key])
-    assert not hasattr(every_fifth[1], "found_inf")  # the optimizer is left as it was given
+    assert getattr(every_fifth[1], "found_inf", None) is None  # the optimizer is left as it was given
+    if poison is None:  # and it goes on stepping after the epoch
+        before = [p.detach().clone() for p in every_fifth[0].parameters()]
+        train_epoch(every_fifth[0], every_fifth[1], torch.from_numpy(tiny_dataset.x_train[:64]), tiny_config.loss,
+                    32, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+        assert not all(torch.equal(a, b) for a, b in zip(before, every_fifth[0].parameters()))

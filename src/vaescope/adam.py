@@ -46,6 +46,8 @@ class FusedAdam:
     does with ``torch.optim.Adam``.
     """
 
+    found_inf: torch.Tensor | None = None  # a class default: NonFiniteGuard sets and deletes the attribute
+
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3) -> None:
         self.params = list(params)
         if not self.params:
@@ -53,7 +55,6 @@ class FusedAdam:
         self.defaults = {**DEFAULTS, "lr": lr}
         self.param_groups = [{**self.defaults, "params": self.params}]
         self.state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
-        self.found_inf: torch.Tensor | None = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
