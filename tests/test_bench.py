@@ -36,6 +36,9 @@ def one_thread():
 
 def check_shape(result: dict, with_pythae: bool) -> None:
     """The JSON contract: every key, a float where a contender ran, None where it did not."""
+    targets = result.pop("targets", None)  # the CLI adds them (check_targets)
+    if targets is not None:
+        assert targets == bench.check_targets(result)
     assert set(result) == {"dense16", "conv16", "stats", "matmul_peak_gflops"}
     for name in ("dense16", "conv16"):
         row = result[name]
@@ -63,6 +66,38 @@ def test_smoke_run_gives_the_json_contract(tiny_dataset):
     assert sum(line.startswith("round ") for line in lines) == 2
     table = bench.format_report(result)
     assert "dense16 epoch" in table and "stats pass" in table
+
+
+def test_targets_say_which_are_reached_and_by_how_much_the_others_miss():
+    result = {"dense16": {"speedup_vs_reference": 1.2, "speedup_vs_pythae": 2.5, "fraction_of_matmul_peak": 0.45},
+              "conv16": {"speedup_vs_reference": 1.5, "fraction_of_matmul_peak": 0.25},
+              "stats": {"fraction_of_matmul_peak": 0.75},
+              "whole_process": {"ratio_to_pythae": 0.6}}  # no multi_model row: not measured
+    by_target = {t["target"]: t for t in bench.check_targets(result)}
+    assert len(by_target) == len(bench.TARGETS)
+    loop = by_target["dense16 epoch, speedup vs the plain loop"]
+    assert (loop["wanted"], loop["measured"], loop["reached"]) == (">= 1.5", 1.2, False)
+    assert loop["factor_short"] == pytest.approx(1.25)  # 1.5 / 1.2
+    assert by_target["dense16 epoch, speedup vs pythae"]["reached"] is True
+    assert by_target["dense16 epoch, speedup vs pythae"]["factor_short"] == 1.0
+    assert by_target["conv16 epoch, speedup vs the faster plain loop"]["reached"] is True  # equal counts
+    assert by_target["conv16 epoch, share of the matmul rate"]["factor_short"] == pytest.approx(2.0)
+    process = by_target["whole process, vaescope's time over pythae's"]
+    assert (process["wanted"], process["reached"]) == ("<= 0.5", False)
+    assert process["factor_short"] == pytest.approx(1.2)  # a time: 0.6 / 0.5
+    multi = by_target["many models at once, speedup vs one after the other"]
+    assert (multi["measured"], multi["reached"], multi["factor_short"]) == (None, None, None)
+    text = bench.format_report({**_report_rows(), "targets": bench.check_targets(result)})
+    assert "target dense16 epoch, speedup vs the plain loop >= 1.5: 1.20, missed: 1.25x short" in text
+    assert "target many models at once, speedup vs one after the other >= 1.4: -, not measured" in text
+
+
+def _report_rows() -> dict:
+    row = {"vaescope_epoch_s": 1.0, "reference_epoch_s": 1.2, "reference_channels_last_epoch_s": None,
+           "pythae_epoch_s": None, "speedup_vs_reference": 1.2, "speedup_vs_pythae": None, "gflops": 50.0,
+           "fraction_of_matmul_peak": 0.45}
+    return {"dense16": row, "conv16": row, "stats": {"seconds": 0.2, "gflops": 100.0, "fraction_of_matmul_peak": 0.75},
+            "matmul_peak_gflops": 180.0}
 
 
 @pytest.mark.slow

@@ -347,6 +347,36 @@ def extra_rows(multi_models: int = 0, monitor: bool = False, whole_process: bool
     return rows
 
 
+# The performance issue's targets for this project's 2-core machine: (what, where in the result,
+# comparison, value). Ratios are side by side in one run; shares are of the matmul yardstick.
+TARGETS: tuple[tuple[str, tuple[str, str], str, float], ...] = (
+    ("dense16 epoch, speedup vs the plain loop", ("dense16", "speedup_vs_reference"), ">=", 1.5),
+    ("dense16 epoch, speedup vs pythae", ("dense16", "speedup_vs_pythae"), ">=", 2.0),
+    ("dense16 epoch, share of the matmul rate", ("dense16", "fraction_of_matmul_peak"), ">=", 0.6),
+    ("conv16 epoch, speedup vs the faster plain loop", ("conv16", "speedup_vs_reference"), ">=", 1.5),
+    ("conv16 epoch, share of the matmul rate", ("conv16", "fraction_of_matmul_peak"), ">=", 0.5),
+    ("statistics pass, share of the matmul rate", ("stats", "fraction_of_matmul_peak"), ">=", 0.6),
+    ("many models at once, speedup vs one after the other", ("multi_model", "speedup"), ">=", 1.4),
+    ("whole process, vaescope's time over pythae's", ("whole_process", "ratio_to_pythae"), "<=", 0.5),
+)
+
+
+def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each of :data:`TARGETS` against ``result`` (``vaescope bench --json``'s rows): ``measured``
+    (None where the row was not run), ``reached``, and ``factor_short``: how many times better the
+    measure must get to reach the target (1.0 when reached)."""
+    rows = []
+    for what, (row, key), comparison, wanted in TARGETS:
+        measured = (result.get(row) or {}).get(key)
+        entry: dict[str, Any] = {"target": what, "wanted": f"{comparison} {wanted:g}", "measured": measured,
+                                 "reached": None, "factor_short": None}
+        if measured is not None:
+            short = wanted / measured if comparison == ">=" else measured / wanted
+            entry.update(reached=short <= 1.0, factor_short=max(1.0, short))
+        rows.append(entry)
+    return rows
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The benchmark as a text table."""
     def seconds(value: float | None) -> str:
@@ -369,7 +399,12 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append(f"{'stats pass':<16}{seconds(row['seconds']):>10}{'':>11}{'':>11}{'':>10}{'':>8}{'':>11}"
                  f"{row['gflops']:>9.1f}{row['fraction_of_matmul_peak']:>11.0%}")
     for key, value in result.items():
-        if key in ("multi_model", "monitor", "whole_process"):
+        if key in ("multi_model", "monitor", "whole_process") and isinstance(value, dict):
             lines.append(f"{key}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in value.items() if not isinstance(v, (dict, list))))
+    for target in result.get("targets", []):
+        verdict = ("not measured" if target["reached"] is None else "reached" if target["reached"]
+                   else f"missed: {target['factor_short']:.2f}x short")
+        measured = "-" if target["measured"] is None else f"{target['measured']:.2f}"
+        lines.append(f"target {target['target']} {target['wanted']}: {measured}, {verdict}")
     return "\n".join(lines)

@@ -266,10 +266,11 @@ def verify(run: Path) -> None:
 def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: int, multi_models: int,
           monitor: bool, whole_process: bool) -> None:
     """Time training epochs and the statistics pass against a plain PyTorch loop and pythae."""
-    from .bench import extra_rows, format_report, run_benchmark
+    from .bench import check_targets, extra_rows, format_report, run_benchmark
 
     result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads)
     result.update(extra_rows(multi_models, monitor, whole_process, repeats=repeats))
+    result["targets"] = check_targets(result)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 
 

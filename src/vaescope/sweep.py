@@ -13,7 +13,7 @@ uninterrupted run has), so a killed sweep, run again with the same command, lose
 The sweep holds the lock of ``DIR`` (a second sweep into it is refused) and each run its own.
 
 Execution (:func:`train_runs`, the one place that decides how a list of runs is trained): a task is
-the seeds of one grid point (:func:`point_groups`), trained together by :func:`run_group`
+the random seeds of one grid point (:func:`point_groups`), trained together by :func:`run_group`
 (:func:`vaescope.multi.train_many`: one batched computation where the model can be stacked), each
 still its own run directory;
 
@@ -335,7 +335,7 @@ def train_runs(specs: Sequence[RunSpec], execution: Execution, bundles: Mapping[
 
 
 def point_groups(specs: Sequence[RunSpec], workers: int) -> list[list[RunSpec]]:
-    """The tasks: the seeds of each grid point together (they train as one batched computation),
+    """The tasks: the random seeds of each grid point together (they train as one batched computation),
     each point's seeds split in two where there are fewer points than ``workers``, so that no
     worker idles."""
     points: dict[str, list[RunSpec]] = {}

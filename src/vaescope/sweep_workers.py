@@ -2,7 +2,7 @@
 
 Both pools offer the same three calls to :func:`vaescope.sweep.train_runs`: ``submit(specs)`` returns
 a handle, ``wait(handles, timeout)`` returns ``(handle, rows or exception)`` for those that ended,
-and ``close()``. Each task is :func:`vaescope.sweep.run_group`: the seeds of one grid point trained
+and ``close()``. Each task is :func:`vaescope.sweep.run_group`: the random seeds of one grid point trained
 together, each an ordinary run directory.
 
 Local workers are spawned (a fresh interpreter: no copy of the parent's torch threads or locks),
