@@ -88,8 +88,8 @@ def test_targets_say_which_are_reached_and_by_how_much_the_others_miss():
     multi = by_target["many models at once, speedup vs one after the other"]
     assert (multi["measured"], multi["reached"], multi["factor_short"]) == (None, None, None)
     text = bench.format_report({**_report_rows(), "targets": bench.check_targets(result)})
-    assert "target dense16 epoch, speedup vs the plain loop >= 1.5: 1.20, missed: 1.25x short" in text
-    assert "target many models at once, speedup vs one after the other >= 1.4: -, not measured" in text
+    assert "  dense16 epoch, speedup vs the plain loop >= 1.5: 1.20, missed: 1.25x short" in text
+    assert "  many models at once, speedup vs one after the other >= 1.4: -, not measured" in text
 
 
 def _report_rows() -> dict:

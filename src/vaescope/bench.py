@@ -402,9 +402,11 @@ def format_report(result: dict[str, Any]) -> str:
         if key in ("multi_model", "monitor", "whole_process") and isinstance(value, dict):
             lines.append(f"{key}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in value.items() if not isinstance(v, (dict, list))))
+    if result.get("targets"):
+        lines += ["", "targets (set for whole MNIST epochs on a 2-core CPU):"]
     for target in result.get("targets", []):
         verdict = ("not measured" if target["reached"] is None else "reached" if target["reached"]
                    else f"missed: {target['factor_short']:.2f}x short")
         measured = "-" if target["measured"] is None else f"{target['measured']:.2f}"
-        lines.append(f"target {target['target']} {target['wanted']}: {measured}, {verdict}")
+        lines.append(f"  {target['target']} {target['wanted']}: {measured}, {verdict}")
     return "\n".join(lines)
