@@ -166,9 +166,10 @@ def default_workers(configs: Sequence[Config]) -> int:
     """``train_many``'s choice: on the CPU, one thread per core (within ``train.threads``, at most
     one per model); 1 for an accelerator (one process drives it, stacked models make its work
     large). Measured on an idle 2-core machine: six dense16 models in two threads of three stacked
-    models each train ~1.1x faster than six stacked models on two intra-op threads, two conv16
-    models in two threads 1.2x faster than one after the other on two intra-op threads, and on a
-    busy machine the threads gain far more (intra-op threads wait on each other; see the README)."""
+    models each train ~1.1x faster than six stacked models on two intra-op threads; two conv16
+    models in two threads train about as fast as one after the other on two intra-op threads (in
+    channels-last; 1.2x faster before); on a busy machine the threads gain far more (intra-op
+    threads wait on each other; see the README)."""
     if not configs or select_device(configs[0].train.device).type != "cpu":
         return 1
     cores = configs[0].train.threads or os.cpu_count() or 1
