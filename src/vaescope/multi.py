@@ -177,15 +177,13 @@ def default_workers(configs: Sequence[Config]) -> int:
 
 
 def task_cost(configs: Sequence[Config], image_shape: tuple[int, ...]) -> float:
-    """A task's work, for ordering: epochs times the FLOPs of one example's forward pass, summed
-    over its models (counted by torch's FlopCounterMode on the model its config builds)."""
-    from .bench import forward_flops
+    """A task's work, for ordering: epochs times the FLOPs of one example's training step, summed
+    over its models (:func:`vaescope.bench.training_flops_per_example` on the model its config builds)."""
+    from .bench import training_flops_per_example
 
     with torch.random.fork_rng(devices=[]):  # leaves the global generator as it was
         model = build_model(configs[0].model, image_shape)
-    x = torch.zeros((1, *image_shape))
-    flops = forward_flops(lambda: model.decode(model.encode(x)[0]))
-    return float(flops) * sum(c.train.epochs for c in configs)
+    return float(training_flops_per_example(model, image_shape)) * sum(c.train.epochs for c in configs)
 
 
 def plan_tasks(configs: Sequence[Config], max_models: int = 16, workers: int = 1) -> list[list[int]]:

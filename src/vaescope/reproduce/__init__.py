@@ -21,10 +21,10 @@ from ..data import Dataset, load_dataset
 from ..report import Paragraph, write_report
 from ..storage import atomic_write_json, directory_lock, remove_temporaries
 from . import dynamics, sparsity
-from .context import Context, ModelRuns, RunSpec, Settings, Step, TrainedRun, make_settings
+from .context import Context, ModelRuns, PlannedRun, Settings, Step, TrainedRun, make_settings
 from .text import REFERENCES, references_section
 
-__all__ = ["Context", "ModelRuns", "RunSpec", "Settings", "Step", "TrainedRun", "default_steps", "make_settings", "reproduce"]
+__all__ = ["Context", "ModelRuns", "PlannedRun", "Settings", "Step", "TrainedRun", "default_steps", "make_settings", "reproduce"]
 
 log = logging.getLogger(__name__)
 TITLE = "vaescope: reproducing A. Asperti's results on the KL term, sparsity and the variance law"

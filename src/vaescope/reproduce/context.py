@@ -123,7 +123,7 @@ class ModelRuns:
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class PlannedRun:
     """A run a step needs: ``preset`` for ``seed`` (``epochs``: the settings' when None), with
     ``overrides``, stored as ``runs/<name>-seed<seed>`` (``name``: the preset when None)."""
 
@@ -142,7 +142,7 @@ class Step:
     id: str
     title: str
     run: Callable[[Context], None]
-    runs: Callable[[Context], list[RunSpec]] | None = None
+    runs: Callable[[Context], list[PlannedRun]] | None = None
 
 
 class Context:
@@ -159,7 +159,7 @@ class Context:
         self.generation: dict[str, GenerationCheck] = {}
         self._runs: dict[tuple[str, int], TrainedRun] = {}
         self._trained_now: set[Path] = set()  # trained by train_together in this invocation
-        self.planned: list[RunSpec] = []  # every step's declared runs (set by the runner)
+        self.planned: list[PlannedRun] = []  # every step's declared runs (set by the runner)
 
     @property
     def trained_runs(self) -> list[TrainedRun]:
@@ -176,7 +176,7 @@ class Context:
         return config_mod.replace(cfg, **{"train.seed": seed,
                                           "train.epochs": epochs or self.settings.epochs_for(preset)})
 
-    def train_together(self, specs: Sequence[RunSpec]) -> None:
+    def train_together(self, specs: Sequence[PlannedRun]) -> None:
         """Train the missing runs of ``specs`` at once with :func:`vaescope.multi.train_many`: runs
         that share an architecture (the random seeds of a preset, dense16 and dense16_no_kl) as one
         batched computation, the others side by side in its worker threads, each with its own files."""
@@ -229,7 +229,7 @@ class Context:
         self._runs[key] = trained
         return trained
 
-    def run(self, spec: RunSpec) -> TrainedRun:
+    def run(self, spec: PlannedRun) -> TrainedRun:
         """The run ``spec`` describes (:meth:`trained`)."""
         return self.trained(spec.preset, spec.seed, spec.epochs, spec.overrides, spec.name)
 

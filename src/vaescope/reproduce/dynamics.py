@@ -20,7 +20,7 @@ from ..experiments.noise_collapse import NoiseCollapseSettings, noise_collapse
 from ..experiments.trajectories import TrajectorySettings, add_final_layout, record_trajectories
 from ..figures import dynamics as figs
 from ..report import Image, Paragraph, Section, Table
-from .context import Context, RunSpec, Settings, Step
+from .context import Context, PlannedRun, Settings, Step
 from .text import architecture
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def dynamic_settings(quick: bool) -> DynamicSettings:
 def steps(settings: Settings) -> list[Step]:
     return [
         Step("noise-collapse", "collapse of a dense16 variable by noise, and its recovery", noise_collapse_step,
-             runs=lambda ctx: [RunSpec("dense16", ctx.seeds[0])]),
+             runs=lambda ctx: [PlannedRun("dense16", ctx.seeds[0])]),
         Step("kl-ablation", "3-D latent space with and without sampling", kl_ablation_step,
              runs=lambda ctx: list(kl_ablation_runs(ctx).values())),
         Step("trajectories", "trajectories in a 2-D latent space", trajectories_step,
@@ -157,12 +157,12 @@ DENSE3 = ("model.latent_dim=3",)
 DENSE2 = ("model.latent_dim=2",)
 
 
-def kl_ablation_runs(ctx: Context) -> dict[str, RunSpec]:
+def kl_ablation_runs(ctx: Context) -> dict[str, PlannedRun]:
     """The KL ablation's two dense3 runs (first seed), with and without sampling."""
     seed = ctx.seeds[0]
     epochs = ctx.settings.epochs.get("dense3", dynamic_settings(ctx.settings.quick).dense3_epochs)
-    return {"with sampling": RunSpec("dense3", seed, epochs, DENSE3),
-            "without sampling": RunSpec("dense3", seed, epochs, (*DENSE3, "loss.sampling=false"),
+    return {"with sampling": PlannedRun("dense3", seed, epochs, DENSE3),
+            "without sampling": PlannedRun("dense3", seed, epochs, (*DENSE3, "loss.sampling=false"),
                                         name="dense3_no_sampling")}
 
 
@@ -207,9 +207,9 @@ def kl_ablation_step(ctx: Context) -> None:
 
 # ---------------------------------------------------------------------------- trajectories
 
-def trajectory_run(ctx: Context) -> RunSpec:
+def trajectory_run(ctx: Context) -> PlannedRun:
     """The trajectories' dense2 run (first seed)."""
-    return RunSpec("dense2", ctx.seeds[0], dynamic_settings(ctx.settings.quick).trajectory.epochs, DENSE2)
+    return PlannedRun("dense2", ctx.seeds[0], dynamic_settings(ctx.settings.quick).trajectory.epochs, DENSE2)
 
 
 def trajectories_step(ctx: Context) -> None:

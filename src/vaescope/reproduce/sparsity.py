@@ -24,7 +24,7 @@ from ..experiments.variance_trace import variance_trace
 from ..figures import sparsity as figs
 from ..report import Paragraph, Section, Table
 from ..sections import GENERATION_TEXT, criteria_counts, gain_summary_row, gain_table, generation_table, table1_table
-from .context import Context, RunSpec, Settings, Step, TrainedRun
+from .context import Context, PlannedRun, Settings, Step, TrainedRun
 from .text import architecture
 
 MODELS: tuple[str, ...] = ("dense16", "dense16_no_kl", "conv16")
@@ -55,8 +55,8 @@ def _arch(tr: TrainedRun) -> str:
     return architecture(tr.run.config, tr.run.image_shape)
 
 
-def static_runs(ctx: Context) -> list[RunSpec]:
-    return [RunSpec(model, seed) for model in MODELS for seed in ctx.seeds]
+def static_runs(ctx: Context) -> list[PlannedRun]:
+    return [PlannedRun(model, seed) for model in MODELS for seed in ctx.seeds]
 
 
 def train_models(ctx: Context) -> None:
