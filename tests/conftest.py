@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaescope import config as config_mod
-from vaescope.data import Dataset
+from vaescope.core import config as config_mod
+from vaescope.data.dataset import Dataset
 
 
 def make_images(n: int, seed: int, side: int = 8) -> tuple[np.ndarray, np.ndarray]:

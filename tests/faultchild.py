@@ -39,8 +39,8 @@ def main() -> int:
     if kind == "step":
         import torch
 
-        import vaescope.engine as train_mod
-        from vaescope import objectives
+        import vaescope.training.engine as train_mod
+        from vaescope.models import objectives
 
         real = objectives.loss_terms
 

@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-from vaescope.adam import FusedAdam
-from vaescope.engine import make_optimizer
-from vaescope.models import DenseVAE
+from vaescope.models.networks import DenseVAE
+from vaescope.training.adam import FusedAdam
+from vaescope.training.engine import make_optimizer
 
 
 def _pair() -> tuple[DenseVAE, DenseVAE]:
@@ -86,8 +86,8 @@ def test_found_inf_skips_the_step_and_its_count() -> None:
 def test_make_optimizer_uses_it_on_the_cpu_and_training_never_imports_dynamo(tmp_path) -> None:
     assert isinstance(make_optimizer(DenseVAE((1, 8, 8), (8,), 2), 1e-3), FusedAdam)
     # torch.optim's first call imports torch._dynamo (about a second); a whole `vaescope train` must not
-    code = ("import sys, numpy as np, vaescope\nfrom vaescope.train import train\n"
-            "from vaescope.config import resolve\n"
+    code = ("import sys, numpy as np, vaescope\nfrom vaescope.training.train import train\n"
+            "from vaescope.core.config import resolve\n"
             "rng = np.random.default_rng(0)\n"
             "data = vaescope.Dataset('tiny', rng.random((64, 1, 8, 8), dtype=np.float32), None,"
             " rng.random((32, 1, 8, 8), dtype=np.float32), None)\n"

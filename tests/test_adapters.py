@@ -8,12 +8,12 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
 import vaescope
-from vaescope.adapters import LatentModelAdapter, as_latent_model, fold, variable_position
-from vaescope.errors import VaescopeError
-from vaescope.experiments.generation import generation_check
-from vaescope.experiments.reconstruction_gain import reconstruction_gain
-from vaescope.models import DenseVAE
-from vaescope.objectives import reconstruction_error
+from vaescope.core.errors import VaescopeError
+from vaescope.measures.gains import reconstruction_gain
+from vaescope.measures.generation import generation_check
+from vaescope.models.adapters import LatentModelAdapter, as_latent_model, fold, variable_position
+from vaescope.models.networks import DenseVAE
+from vaescope.models.objectives import reconstruction_error
 
 
 @pytest.fixture()

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 import vaescope
-from vaescope.config import replace
-from vaescope.train import train
+from vaescope.core.config import replace
+from vaescope.training.train import train
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

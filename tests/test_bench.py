@@ -11,14 +11,15 @@ from click.testing import CliRunner
 from conftest import LogLines
 from torch import nn
 
-from vaescope import bench
-from vaescope import engine as engine_mod
+from vaescope.bench import suite as bench
 from vaescope.cli import main
-from vaescope.config import replace
-from vaescope.engine import make_optimizer, train_epoch
-from vaescope.errors import VaescopeError
-from vaescope.models import build_model
-from vaescope.stats import latent_statistics
+from vaescope.core.config import replace
+from vaescope.core.errors import VaescopeError
+from vaescope.measures.statistics import latent_statistics
+from vaescope.models.networks import build_model
+from vaescope.training import cost
+from vaescope.training import engine as engine_mod
+from vaescope.training.engine import make_optimizer, train_epoch
 
 ROW_KEYS = {"vaescope_epoch_s", "reference_epoch_s", "reference_channels_last_epoch_s", "pythae_epoch_s",
             "speedup_vs_reference",
@@ -121,15 +122,15 @@ def test_bad_settings_are_refused(tiny_dataset):
 def test_flop_counts_match_the_layer_arithmetic():
     dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 32))
     x = torch.zeros(5, 1, 28, 28)
-    assert bench.forward_flops(lambda: dense(x)) == 5 * 2 * (784 * 256 + 256 * 32)
+    assert cost.forward_flops(lambda: dense(x)) == 5 * 2 * (784 * 256 + 256 * 32)
     conv = nn.Conv2d(1, 16, 4, stride=2, padding=1)  # 28x28 -> 14x14
-    assert bench.forward_flops(lambda: conv(x)) == 5 * 2 * (14 * 14 * 16 * 1 * 16)
+    assert cost.forward_flops(lambda: conv(x)) == 5 * 2 * (14 * 14 * 16 * 1 * 16)
     up = nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1)  # 7x7 -> 14x14
-    assert bench.forward_flops(lambda: up(torch.zeros(1, 32, 7, 7))) == 2 * (7 * 7 * 32 * 16 * 16)
+    assert cost.forward_flops(lambda: up(torch.zeros(1, 32, 7, 7))) == 2 * (7 * 7 * 32 * 16 * 16)
 
 
 def test_dense16_costs_what_its_widths_say(tiny_config):
-    from vaescope.config import resolve
+    from vaescope.core.config import resolve
 
     model = build_model(resolve("dense16").model, (1, 28, 28))
     macs = (784 * 256 + 256 * 64 + 64 * 32 + 32 * 32) + (16 * 32 + 32 * 64 + 64 * 256 + 256 * 784)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaescope import config as config_mod
-from vaescope.data import load_dataset
-from vaescope.errors import VaescopeError
-from vaescope.readers import load_npz, read_idx
-from vaescope.storage import TEXT_MAX_BYTES, read_json
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
+from vaescope.core.storage import TEXT_MAX_BYTES, read_json
+from vaescope.data.readers import load_npz, read_idx
+from vaescope.data.sources import load_dataset
 
 GiB = 2**30
 BLOCK = 2**24  # 16 MiB of zeros per repeated deflate block
@@ -192,8 +192,8 @@ def _overlapping(members: list[tuple[str, bytes, int, int]]) -> bytes:
 # runs in a fork of one child that has imported vaescope (the baseline includes numpy and torch).
 CHILD = textwrap.dedent("""
     import gzip, json, os, resource, sys
-    from vaescope.readers import load_npz, read_idx
-    from vaescope.errors import VaescopeError
+    from vaescope.data.readers import load_npz, read_idx
+    from vaescope.core.errors import VaescopeError
     readers = {"idx": read_idx, "npz": load_npz,
                "naive": lambda path, limit: gzip.decompress(open(path, "rb").read())}  # the control
     for line in sys.stdin:
@@ -367,7 +367,7 @@ def test_a_pickle_beyond_the_limit_is_refused(tmp_path):
     import gzip
     import pickle
 
-    from vaescope.mnist import read_mnist_pickle
+    from vaescope.data.mnist import read_mnist_pickle
 
     arrays = tuple((np.zeros((n, 784), np.float32), np.zeros(n, np.int64)) for n in (3, 1, 2))
     path = tmp_path / "mnist.pkl.gz"

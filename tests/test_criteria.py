@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaescope.config import StatsConfig
-from vaescope.criteria import criteria_table, threshold_sweeps, usual_rules
-from vaescope.figures.criteria import criteria_figure
-from vaescope.stats import LatentStatistics
-from vaescope.tables import criteria_text
+from vaescope.core.config import StatsConfig
+from vaescope.measures.criteria import criteria_table, threshold_sweeps, usual_rules
+from vaescope.measures.statistics import LatentStatistics
+from vaescope.reports.figures.criteria import criteria_figure
+from vaescope.reports.tables import criteria_text
 
 # Five variables built so that every verdict is known by hand (usual thresholds: Var(mu) 0.01,
 # mean s2 0.8, KL 0.01 and 0.1, I 0.01, gain 1% of the largest = 0.5 nats here):

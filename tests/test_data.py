@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaescope import data as data_mod
-from vaescope import mnist as mnist_mod
-from vaescope.data import load_dataset
-from vaescope.errors import VaescopeError
-from vaescope.mnist import read_mnist_pickle
-from vaescope.readers import load_idx_dir, load_npz, read_idx
+from vaescope.core.errors import VaescopeError
+from vaescope.data import mnist as mnist_mod
+from vaescope.data import sources
+from vaescope.data.mnist import read_mnist_pickle
+from vaescope.data.readers import load_idx_dir, load_npz, read_idx
+from vaescope.data.sources import load_dataset
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
@@ -190,7 +190,7 @@ def test_real_mnist_standard_split_and_order():
     assert np.bincount(data.y_train).tolist()[:2] == [5923, 6742]
 
 
-@pytest.mark.skipif(not data_mod.FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(not sources.FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_the_debian_package():
     data = load_dataset("fashion-mnist")
     assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
@@ -198,6 +198,6 @@ def test_fashion_mnist_from_the_debian_package():
 
 
 def test_fashion_mnist_missing_names_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(VaescopeError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist")

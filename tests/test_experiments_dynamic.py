@@ -13,12 +13,11 @@ from conftest import TINY_OVERRIDES, LogLines
 from matplotlib.figure import Figure
 from PIL import Image
 
-from vaescope import config as config_mod
-from vaescope.checkpoint import load_run
-from vaescope.config import LossConfig, StatsConfig
-from vaescope.data import Dataset
-from vaescope.engine import images_to_device, make_optimizer, train_epoch
-from vaescope.errors import VaescopeError
+from vaescope.core import config as config_mod
+from vaescope.core.config import LossConfig, StatsConfig
+from vaescope.core.errors import VaescopeError
+from vaescope.data.batches import images_to_device
+from vaescope.data.dataset import Dataset
 from vaescope.experiments.kl_ablation import (
     KLAblationSettings,
     ablation_arm,
@@ -30,12 +29,14 @@ from vaescope.experiments.kl_ablation import (
 )
 from vaescope.experiments.noise_collapse import NoiseCollapseSettings, choose_variable, latent_mask_hook, noise_collapse
 from vaescope.experiments.trajectories import TrajectorySettings, add_final_layout, pick_per_class, record_trajectories
-from vaescope.figures import dynamics
-from vaescope.models import DenseVAE
-from vaescope.objectives import kl_per_variable
+from vaescope.measures.statistics import latent_statistics
+from vaescope.models.networks import DenseVAE
+from vaescope.models.objectives import kl_per_variable
+from vaescope.reports.figures import dynamics
 from vaescope.reproduce import dynamics as reproduce_dynamics
 from vaescope.reproduce import make_settings, reproduce
-from vaescope.stats import latent_statistics
+from vaescope.runs.checkpoint import load_run
+from vaescope.training.engine import make_optimizer, train_epoch
 
 TINY = ["model.hidden=[32, 16]", "train.batch_size=64", "train.threads=1"]
 

@@ -12,23 +12,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from vaescope.config import StatsConfig
-from vaescope.experiments.generation import generation_check, generation_rows, lowest_kl_active, zeroing_difference
-from vaescope.experiments.reconstruction_gain import reconstruction_gain
+from vaescope.core.config import StatsConfig
 from vaescope.experiments.run_to_run import count_spread
 from vaescope.experiments.sparsity_table import article_comparison, variable_rows
-from vaescope.experiments.variance_law import (
+from vaescope.measures.gains import reconstruction_gain
+from vaescope.measures.generation import generation_check, generation_rows, lowest_kl_active, zeroing_difference
+from vaescope.measures.statistics import LatentStatistics, latent_statistics
+from vaescope.measures.trace import collapse_points, variance_trace
+from vaescope.measures.variance_law import (
     kl_at_fixed_ratio,
     numerical_minimiser,
     stationary_curves,
     stationary_sigma2,
     variance_law,
 )
-from vaescope.experiments.variance_trace import collapse_points, variance_trace
-from vaescope.objectives import reconstruction_error
-from vaescope.rundir import Trace
-from vaescope.stats import LatentStatistics, latent_statistics
-from vaescope.train import train
+from vaescope.models.objectives import reconstruction_error
+from vaescope.runs.files import Trace
+from vaescope.training.train import train
 
 
 class LinearVAE(nn.Module):

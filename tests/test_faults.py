@@ -27,18 +27,18 @@ from conftest import TINY_OVERRIDES, LogLines
 from faultchild import tiny_reproduce_settings
 from safetensors.torch import load_file
 
-from vaescope import config as config_mod
-from vaescope import rundir as analysis
-from vaescope import train as train_mod
-from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
-from vaescope.data import Dataset
-from vaescope.errors import VaescopeError
-from vaescope.manifest import FINAL_FILES, verify_run
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
+from vaescope.core.storage import directory_lock
+from vaescope.data.dataset import Dataset
+from vaescope.measures import run as analysis
 from vaescope.reproduce import reproduce
-from vaescope.rundir import read_metrics, read_trace
-from vaescope.storage import directory_lock
-from vaescope.train import train
+from vaescope.runs.checkpoint import load_checkpoint, load_run
+from vaescope.runs.files import read_metrics, read_trace
+from vaescope.runs.manifest import FINAL_FILES, verify_run
+from vaescope.training import train as train_mod
+from vaescope.training.train import train
 
 CHILD = Path(__file__).with_name("faultchild.py")
 COMPARED = ["model.safetensors", "metrics.csv", "trace.csv", "config.json"]  # timing.csv holds wall times
@@ -455,7 +455,7 @@ def test_a_second_sweep_is_refused_and_wait_reaches_it(tmp_path, monkeypatch, ti
         holder.kill()
         holder.wait()
         holder.stdout.close()
-    sweep_mod = importlib.import_module("vaescope.sweep")  # the package exports a function of that name
+    sweep_mod = importlib.import_module("vaescope.sweeps.execute")
 
     seen = []
     monkeypatch.setattr(sweep_mod, "sweep", lambda *a, **k: seen.append(k["wait"]) or [])
@@ -489,7 +489,7 @@ def test_many_threads_never_hold_the_lock_together(tmp_path, monkeypatch):
     import fcntl
     import threading
 
-    from vaescope import storage
+    from vaescope.core import storage
 
     class SlowFlock:
         LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
@@ -529,7 +529,7 @@ def test_an_infinite_gradient_of_a_finite_loss_stops_the_run(tmp_path, tiny_conf
     """An inf in one gradient, loss finite: Adam would turn the weights into NaN (inf/inf) and the
     epoch's checkpoint would keep them. Step 8 is the last step of epoch 1, right before its
     checkpoint."""
-    from vaescope import engine as engine_mod
+    from vaescope.training import engine as engine_mod
 
     real_build = engine_mod.build_model
     steps = {"n": 0}
@@ -649,8 +649,8 @@ def test_non_finite_values_in_data_files_are_refused(tmp_path, kind, bad):
     import gzip
     import pickle
 
-    from vaescope.mnist import read_mnist_pickle
-    from vaescope.readers import load_npz
+    from vaescope.data.mnist import read_mnist_pickle
+    from vaescope.data.readers import load_npz
 
     x = np.full((4, 784), 0.5, dtype=np.float32)
     x[2, 100] = bad

@@ -25,13 +25,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from vaescope import config as config_mod
-from vaescope import train as train_mod
 from vaescope.cli import main as cli
-from vaescope.errors import VaescopeError
-from vaescope.mnist import read_mnist_pickle
-from vaescope.readers import _IDX_DTYPES, load_npz, read_idx
-from vaescope.storage import read_bytes
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
+from vaescope.core.storage import read_bytes
+from vaescope.data.mnist import read_mnist_pickle
+from vaescope.data.readers import _IDX_DTYPES, load_npz, read_idx
+from vaescope.training import train as train_mod
 
 # Default example counts; a generous deadline so a loaded CI machine does not flake, but a hang fails.
 FUZZ = settings(deadline=timedelta(seconds=5), suppress_health_check=[HealthCheck.too_slow])

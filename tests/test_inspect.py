@@ -14,15 +14,16 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 import vaescope
-from vaescope import config as config_mod
-from vaescope.checkpoint import load_run
 from vaescope.cli import main
-from vaescope.errors import VaescopeError
-from vaescope.experiments.reconstruction_gain import reconstruction_gain
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
 from vaescope.inspection import INSPECT_FILE, load_user_model
-from vaescope.monitor import LatentMonitor
-from vaescope.rundir import read_trace, run_statistics
-from vaescope.train import train
+from vaescope.integrations.monitor import LatentMonitor
+from vaescope.measures.gains import reconstruction_gain
+from vaescope.measures.run import run_statistics
+from vaescope.runs.checkpoint import load_run
+from vaescope.runs.files import read_trace
+from vaescope.training.train import train
 
 SECTIONS = ["table1", "criteria", "variance-trace", "reconstruction-gain", "generation", "variance-law"]
 
@@ -58,7 +59,7 @@ def test_inspect_a_run_directory(tiny_run, tiny_dataset):
 
 def test_user_factory_with_the_runs_weights_gives_the_runs_numbers(tiny_run, tiny_npz, tmp_path, monkeypatch):
     (tmp_path / "user_models.py").write_text(textwrap.dedent("""
-        from vaescope.models import DenseVAE
+        from vaescope.models.networks import DenseVAE
 
         def dense(image_shape):
             return DenseVAE(image_shape, (32, 16), 4)
@@ -110,7 +111,7 @@ def test_a_latent_map_gets_a_per_channel_summary(tmp_path, tiny_dataset):
 
 def test_a_monitor_log_dir_is_drawn_as_the_trace(tmp_path, tiny_dataset):
     torch.manual_seed(0)
-    model = vaescope.models.DenseVAE((1, 8, 8), (16,), 4)
+    model = vaescope.models.networks.DenseVAE((1, 8, 8), (16,), 4)
     with LatentMonitor(model, tiny_dataset.x_test, every=1, log_dir=tmp_path / "monitor", tensorboard=False) as monitor:
         for step in range(3):
             with torch.no_grad():
@@ -126,7 +127,7 @@ def test_a_monitor_log_dir_is_drawn_as_the_trace(tmp_path, tiny_dataset):
 def test_factories_are_called_by_their_signature_and_weights_must_fit(tmp_path, monkeypatch):
     (tmp_path / "factories.py").write_text(textwrap.dedent("""
         import torch
-        from vaescope.models import DenseVAE
+        from vaescope.models.networks import DenseVAE
 
         def bare():
             return DenseVAE((1, 4, 4), (8,), 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vaescope.intrinsic import intrinsic_dimension
+from vaescope.measures.intrinsic import intrinsic_dimension
 
 
 def test_a_curve_that_levels_off():

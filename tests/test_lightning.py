@@ -1,4 +1,4 @@
-"""vaescope.lightning.LatentMonitorCallback with a real Lightning Trainer: where it finds the
+"""vaescope.integrations.lightning.LatentMonitorCallback with a real Lightning Trainer: where it finds the
 model, TensorBoard through the trainer's logger (read back), its own files, modes put back."""
 
 import csv
@@ -10,12 +10,12 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vaescope.config import LossConfig
-from vaescope.errors import VaescopeError
-from vaescope.lightning import LatentMonitorCallback, find_latent_model
-from vaescope.models import DenseVAE
-from vaescope.objectives import loss_terms
-from vaescope.rundir import TRACE_FILE, read_trace
+from vaescope.core.config import LossConfig
+from vaescope.core.errors import VaescopeError
+from vaescope.integrations.lightning import LatentMonitorCallback, find_latent_model
+from vaescope.models.networks import DenseVAE
+from vaescope.models.objectives import loss_terms
+from vaescope.runs.files import TRACE_FILE, read_trace
 
 BATCHES = 8  # per epoch: 512 images of batch 64
 # a CI machine with more cores than these 2 would suggest DataLoader workers: not what is tested here

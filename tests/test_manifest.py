@@ -17,13 +17,14 @@ from click.testing import CliRunner
 from conftest import TINY_OVERRIDES, LogLines
 from safetensors.torch import load_file
 
-from vaescope import checkpoint, rundir
-from vaescope import config as config_mod
-from vaescope.checkpoint import load_run
 from vaescope.cli import main as cli
-from vaescope.errors import VaescopeError
-from vaescope.manifest import FINAL_FILES, MANIFEST_FILE, verify_run, write_manifest
-from vaescope.train import train
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
+from vaescope.runs import checkpoint
+from vaescope.runs import files as rundir
+from vaescope.runs.checkpoint import load_run
+from vaescope.runs.manifest import FINAL_FILES, MANIFEST_FILE, verify_run, write_manifest
+from vaescope.training.train import train
 
 
 @pytest.fixture(scope="module")

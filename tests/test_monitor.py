@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from vaescope.errors import VaescopeError
-from vaescope.monitor import EVENTS_FILE, LatentMonitor, measure_overhead
-from vaescope.rundir import TRACE_FILE, Trace, read_trace
+from vaescope.bench.monitor import measure_overhead
+from vaescope.core.errors import VaescopeError
+from vaescope.integrations.monitor import EVENTS_FILE, LatentMonitor
+from vaescope.runs.files import TRACE_FILE, Trace, read_trace
 
 LOG_SIGMA2 = math.log(0.1)
 
@@ -187,7 +188,7 @@ def test_nan_is_a_warning_unless_the_user_asks_to_stop(tmp_path, probe, caplog):
 
 
 def test_bad_probes_and_options_are_one_line_at_construction(tmp_path, probe):
-    from vaescope.models import DenseVAE
+    from vaescope.models.networks import DenseVAE
 
     model = DenseVAE((1, 4, 4), (8,), 2)
     with pytest.raises(VaescopeError, match=r"probe of shape \(10, 1, 5, 5\) does not fit DenseVAE") as err:

@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from vaescope import engine as engine_mod
-from vaescope import multi as multi_mod
-from vaescope import stacked as stacked_mod
-from vaescope import train as train_mod
-from vaescope.checkpoint import load_checkpoint, load_run
-from vaescope.config import replace
-from vaescope.engine import make_optimizer
-from vaescope.errors import VaescopeError
-from vaescope.models import DenseVAE
-from vaescope.multi import default_workers, group_key, multi_model_benchmark, plan_tasks, train_many
-from vaescope.rundir import read_metrics, read_trace, run_statistics
-from vaescope.stacked import StackedDenseVAE, from_stacked, stack_optimizer_state, unstack_optimizer_state
-from vaescope.train import train
+from vaescope.bench.multi import multi_model_benchmark
+from vaescope.core.config import replace
+from vaescope.core.errors import VaescopeError
+from vaescope.measures.run import run_statistics
+from vaescope.models.networks import DenseVAE
+from vaescope.runs.checkpoint import load_checkpoint, load_run
+from vaescope.runs.files import read_metrics, read_trace
+from vaescope.training import engine as engine_mod
+from vaescope.training import multi as multi_mod
+from vaescope.training import stacked as stacked_mod
+from vaescope.training import train as train_mod
+from vaescope.training.engine import make_optimizer
+from vaescope.training.multi import default_workers, group_key, plan_tasks, train_many
+from vaescope.training.stacked import StackedDenseVAE, from_stacked, stack_optimizer_state, unstack_optimizer_state
+from vaescope.training.train import train
 
 QUIET = {"progress": False}
 FILES = ("model.safetensors", "metrics.csv", "trace.csv", "config.json")  # timing.csv (and the manifest, its hash) differ
@@ -46,7 +48,7 @@ def separate_runs(tmp_path_factory, tiny_dataset, tiny_npz):
     """Each config of :func:`group_configs` trained alone by `train`."""
     from conftest import TINY_OVERRIDES
 
-    from vaescope import config as config_mod
+    from vaescope.core import config as config_mod
     tiny_config = config_mod.resolve("dense16", overrides=TINY_OVERRIDES + [f"data.source={tiny_npz}"])
     root = tmp_path_factory.mktemp("separate")
     for i, config in enumerate(group_configs(tiny_config)):
@@ -59,7 +61,7 @@ def group_runs(tmp_path_factory, tiny_dataset, tiny_npz):
     """The same configs trained together by `train_many`."""
     from conftest import TINY_OVERRIDES
 
-    from vaescope import config as config_mod
+    from vaescope.core import config as config_mod
     tiny_config = config_mod.resolve("dense16", overrides=TINY_OVERRIDES + [f"data.source={tiny_npz}"])
     root = tmp_path_factory.mktemp("group")
     train_many(group_configs(tiny_config), [root / f"run{i}" for i in range(3)], dataset=tiny_dataset, **QUIET)
@@ -134,9 +136,10 @@ def test_each_model_sees_its_own_data_order_and_noise(tmp_path, tiny_config, tin
 
 def test_first_step_loss_equals_the_separate_runs(tiny_config, tiny_dataset):
     """Same initial weights (prepare_training), same batch and noise: the same loss (bit for bit here)."""
-    from vaescope.engine import as_float, prepare_training
-    from vaescope.objectives import loss_terms
-    from vaescope.stacked import stacked_loss_terms
+    from vaescope.data.batches import as_float
+    from vaescope.models.objectives import loss_terms
+    from vaescope.training.engine import prepare_training
+    from vaescope.training.stacked import stacked_loss_terms
 
     configs = group_configs(tiny_config)
     setups = [prepare_training(c, tiny_dataset.image_shape, torch.device("cpu")) for c in configs]

@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from vaescope.config import LossConfig
-from vaescope.objectives import kl_per_variable, loss_terms, quadratic_penalty, reconstruction_error
+from vaescope.core.config import LossConfig
+from vaescope.models.objectives import kl_per_variable, loss_terms, quadratic_penalty, reconstruction_error
 
 
 def test_closed_form_kl_matches_monte_carlo():

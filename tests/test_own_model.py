@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_OVERRIDES
 
-from vaescope import train as train_mod
-from vaescope.checkpoint import load_run
 from vaescope.cli import main
-from vaescope.config import resolve
-from vaescope.errors import VaescopeError
-from vaescope.stats import latent_statistics
-from vaescope.train import train
+from vaescope.core.config import resolve
+from vaescope.core.errors import VaescopeError
+from vaescope.measures.statistics import latent_statistics
+from vaescope.runs.checkpoint import load_run
+from vaescope.training import train as train_mod
+from vaescope.training.train import train
 
 TESTS = str(Path(__file__).parent)
 
@@ -58,7 +58,7 @@ def test_cli_trains_resumes_and_measures_a_factory_model(tmp_path, tiny_npz, mon
     assert measured.exit_code == 0, measured.output
     payload = json.loads(measured.output)
     # the same numbers as an independent pass over the test split with the loaded model
-    from vaescope.data import load_dataset
+    from vaescope.data.sources import load_dataset
 
     x = load_dataset(str(tiny_npz)).x_test
     with torch.no_grad():

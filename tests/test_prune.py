@@ -11,14 +11,15 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from vaescope import config as config_mod
-from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
-from vaescope.errors import VaescopeError
-from vaescope.manifest import verify_run
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
+from vaescope.measures.run import run_statistics
 from vaescope.prune import latent_layers, parameter_count, prune_model, prune_run, pruning_differences
-from vaescope.rundir import read_trace, run_statistics
-from vaescope.train import train
+from vaescope.runs.checkpoint import load_checkpoint, load_run
+from vaescope.runs.files import read_trace
+from vaescope.runs.manifest import verify_run
+from vaescope.training.train import train
 
 
 def threshold_between(run_dir, n_inactive: int) -> config_mod.StatsConfig:

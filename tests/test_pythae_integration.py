@@ -15,8 +15,8 @@ from pythae.trainers.training_callbacks import TrainingCallback
 
 import vaescope
 from vaescope.cli import main
-from vaescope.pythae import LatentMonitorCallback
-from vaescope.rundir import read_trace
+from vaescope.integrations.pythae import LatentMonitorCallback
+from vaescope.runs.files import read_trace
 
 
 def train_with_pipeline(x_train: np.ndarray, x_eval: np.ndarray, out, latent_dim: int, epochs: int, batch: int,

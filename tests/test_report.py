@@ -9,15 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaescope.errors import VaescopeError
+from vaescope.core.errors import VaescopeError
 from vaescope.experiments.run_to_run import count_spread
-from vaescope.experiments.variance_law import stationary_curves, variance_law
-from vaescope.experiments.variance_trace import variance_trace
-from vaescope.figures import sparsity as figs
-from vaescope.figures.common import new_figure, png_bytes, save_png
-from vaescope.report import Image, Paragraph, Preformatted, Section, Table, render_html, render_markdown, write_report
-from vaescope.rundir import Trace
-from vaescope.stats import LatentStatistics
+from vaescope.measures.statistics import LatentStatistics
+from vaescope.measures.trace import variance_trace
+from vaescope.measures.variance_law import stationary_curves, variance_law
+from vaescope.reports.figures import sparsity as figs
+from vaescope.reports.figures.common import new_figure, png_bytes, save_png
+from vaescope.reports.html import (
+    Image,
+    Paragraph,
+    Preformatted,
+    Section,
+    Table,
+    render_html,
+    render_markdown,
+    write_report,
+)
+from vaescope.runs.files import Trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from conftest import TINY_OVERRIDES, LogLines
 
 from vaescope import reproduce as reproduce_mod
-from vaescope.checkpoint import load_run
 from vaescope.cli import main
-from vaescope.data import Dataset
-from vaescope.errors import VaescopeError
-from vaescope.report import Paragraph, Section
+from vaescope.core.errors import VaescopeError
+from vaescope.data.dataset import Dataset
+from vaescope.reports.html import Paragraph, Section
 from vaescope.reproduce import Context, Step, default_steps, make_settings, reproduce
+from vaescope.runs.checkpoint import load_run
 
 SECTION_IDS = ["summary", "variance-trace", "table1", "generation", "reconstruction-gain", "variance-law",
                "no-kl", "run-to-run", "noise-collapse", "kl-ablation", "trajectories"]

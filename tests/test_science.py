@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaescope.config import resolve
-from vaescope.data import load_dataset
-from vaescope.experiments.generation import generation_check
-from vaescope.rundir import run_statistics
-from vaescope.train import train
+from vaescope.core.config import resolve
+from vaescope.data.sources import load_dataset
+from vaescope.measures.generation import generation_check
+from vaescope.measures.run import run_statistics
+from vaescope.training.train import train
 
 EPOCHS = 8
 

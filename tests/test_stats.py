@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaescope.config import StatsConfig
-from vaescope.stats import latent_statistics
+from vaescope.core.config import StatsConfig
+from vaescope.measures.statistics import latent_statistics
 
 
 class SyntheticEncoder(torch.nn.Module):

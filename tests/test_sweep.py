@@ -18,25 +18,18 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_OVERRIDES
 
-from vaescope import config as config_mod
-from vaescope.checkpoint import load_checkpoint, load_run
 from vaescope.cli import main as cli
-from vaescope.criteria import criteria_table
-from vaescope.errors import VaescopeError
-from vaescope.rundir import read_metrics, run_statistics
-from vaescope.storage import directory_lock
-from vaescope.sweep import (
-    DataBundle,
-    RunSpec,
-    expand,
-    parse_grid,
-    point_groups,
-    point_name,
-    run_group,
-    run_one,
-    sweep,
-)
-from vaescope.train import train
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
+from vaescope.core.storage import directory_lock
+from vaescope.measures.criteria import criteria_table
+from vaescope.measures.run import run_statistics
+from vaescope.runs.checkpoint import load_checkpoint, load_run
+from vaescope.runs.files import read_metrics
+from vaescope.sweeps.execute import sweep
+from vaescope.sweeps.plan import RunSpec, expand, parse_grid, point_groups, point_name
+from vaescope.sweeps.tasks import DataBundle, run_group, run_one
+from vaescope.training.train import train
 
 GRID = {"model.latent_dim": [1, 3]}
 
@@ -146,7 +139,7 @@ def test_a_failed_run_is_retried_once_and_the_others_go_on(tiny_config, tmp_path
     assert failed["status"] == "failed" and failed["attempts"] == 2
     assert f"is in use by process {os.getpid()}" in failed["error"]
     assert ok["status"] == "trained" and (tmp_path / "runs" / ok["run"] / "model.safetensors").is_file()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "vaescope.sweep"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vaescope.sweeps.execute"]
     assert any("latent_dim1-seed0 failed" in w and "once more" in w for w in warnings)
     assert json.loads((tmp_path / "sweep.json").read_text())["rows"][0]["status"] == "failed"
     # the next sweep trains what failed and reuses the rest
@@ -233,8 +226,8 @@ def test_a_killed_sweep_finishes_with_the_weights_of_an_uninterrupted_one(tmp_pa
 
 def test_curves_of_a_two_key_grid_are_read_apart(tmp_path):
     """Rows of a latent size x beta grid: one intrinsic-dimension reading and one curve per beta."""
-    from vaescope.sweep import Execution
-    from vaescope.sweep_report import write_results, write_sweep_report
+    from vaescope.sweeps.plan import Execution
+    from vaescope.sweeps.report import write_results, write_sweep_report
 
     cfg = config_mod.resolve("dense16")
     grid = {"model.latent_dim": [2, 4, 8], "loss.beta": [0.5, 2.0]}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vaescope import load_dataset, synthetic
-from vaescope.errors import VaescopeError
+from vaescope import load_dataset
+from vaescope.core.errors import VaescopeError
+from vaescope.data import synthetic
 
 
 def moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -3,16 +3,16 @@ import json
 import pytest
 import torch
 
-from vaescope import checkpoint as checkpoint_mod
-from vaescope import engine as engine_mod
-from vaescope import train as train_mod
-from vaescope.checkpoint import load_run
-from vaescope.config import replace
-from vaescope.engine import make_optimizer, train_epoch
-from vaescope.errors import VaescopeError
-from vaescope.models import build_model
-from vaescope.rundir import read_metrics, read_trace
-from vaescope.train import train
+from vaescope.core.config import replace
+from vaescope.core.errors import VaescopeError
+from vaescope.models.networks import build_model
+from vaescope.runs import checkpoint as checkpoint_mod
+from vaescope.runs.checkpoint import load_run
+from vaescope.runs.files import read_metrics, read_trace
+from vaescope.training import engine as engine_mod
+from vaescope.training import train as train_mod
+from vaescope.training.engine import make_optimizer, train_epoch
+from vaescope.training.train import train
 
 RUN_FILES = ("model.safetensors", "metrics.csv", "trace.csv", "config.json")
 

@@ -13,20 +13,22 @@ goes through ``vaescope.as_latent_model``; ``vaescope.LatentMonitor`` watches on
 
 from typing import Any
 
-from .adapters import as_latent_model
-from .checkpoint import Run, load_run
-from .config import Config
-from .data import Dataset, load_dataset
-from .errors import VaescopeError
-from .stats import LatentStatistics, latent_statistics
-from .sweep import sweep  # the function: binding it here keeps `vaescope.sweep` callable after the module loads
+from vaescope.core.config import Config
+from vaescope.core.errors import VaescopeError
+from vaescope.data.dataset import Dataset
+from vaescope.data.sources import load_dataset
+from vaescope.measures.statistics import LatentStatistics, latent_statistics
+from vaescope.models.adapters import as_latent_model
+from vaescope.runs.checkpoint import Run, load_run
+from vaescope.sweeps.execute import sweep
 
 __all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "Run", "VaescopeError", "as_latent_model",
            "criteria_table", "importance_weighted_bound", "inspect", "latent_statistics", "load_dataset", "load_run",
            "mutual_information", "sweep"]
 
-_LAZY = {"LatentMonitor": "monitor", "inspect": "inspection",  # these import matplotlib / the run files
-         "mutual_information": "measures", "importance_weighted_bound": "measures", "criteria_table": "criteria"}
+_LAZY = {"LatentMonitor": "integrations.monitor", "inspect": "inspection",  # these import matplotlib / the run files
+         "mutual_information": "measures.information", "importance_weighted_bound": "measures.information",
+         "criteria_table": "measures.criteria"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """``python -m vaescope`` runs the command line."""
 
-from .cli import main
+from vaescope.cli import main
 
 main()

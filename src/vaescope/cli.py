@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from . import config as config_mod
-from .errors import VaescopeError
+from vaescope.core import config as config_mod
+from vaescope.core.errors import VaescopeError
 
 
 class _TqdmHandler(logging.Handler):
@@ -89,7 +89,7 @@ def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ..
           factory: str | None, epochs: int | None, seed: int | None, out: Path | None, resume: bool,
           quiet: bool) -> None:
     """Train a VAE and write its run directory."""
-    from .train import train as run_training
+    from vaescope.training.train import train as run_training
 
     if resume and out is None:
         raise VaescopeError("--resume needs --out: the run directory to continue")
@@ -129,9 +129,9 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
     with every activity criterion side by side; --mi and --iwae add the information measures."""
     import dataclasses
 
-    from .checkpoint import load_run
-    from .rundir import run_measures
-    from .tables import criteria_text
+    from vaescope.measures.run import run_measures
+    from vaescope.reports.tables import criteria_text
+    from vaescope.runs.checkpoint import load_run
 
     try:
         ks = tuple(sorted({int(k) for text in iwae for k in text.replace(",", " ").split()}))
@@ -149,9 +149,9 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
     result = run_measures(loaded, split=split, thresholds=thresholds, mutual_information=with_mi, iwae_ks=ks,
                           samples=samples, iwae_images=iwae_images)
     if figure is not None:
-        from .criteria import threshold_sweeps
-        from .figures.common import save_png
-        from .figures.criteria import criteria_figure
+        from vaescope.measures.criteria import threshold_sweeps
+        from vaescope.reports.figures.common import save_png
+        from vaescope.reports.figures.criteria import criteria_figure
 
         save_png(criteria_figure(result.criteria, threshold_sweeps(result.criteria),
                                  title=f"{run} ({loaded.config.name}), {split} split"), figure)
@@ -181,8 +181,8 @@ def inspect(run: Path | None, model_ref: str | None, weights: Path | None, data:
     """One model's latent space as report.html (self-contained) and inspect.json: Table 1 with every
     activity criterion, the recorded trace, reconstruction gains, generation with inactive variables
     zeroed, the variance law. Give a RUN directory, or --model with --data and --out."""
-    from .inspection import inspect as run_inspect
-    from .inspection import inspect_run, load_user_model
+    from vaescope.inspection import inspect as run_inspect
+    from vaescope.inspection import inspect_run, load_user_model
 
     if samples < 1:
         raise VaescopeError(f"--samples is {samples}; it must be at least 1")
@@ -195,7 +195,7 @@ def inspect(run: Path | None, model_ref: str | None, weights: Path | None, data:
     else:
         if data is None or out is None:
             raise VaescopeError("--model needs --data (the images) and --out (the report's folder)")
-        from .data import load_dataset
+        from vaescope.data.sources import load_dataset
 
         dataset = load_dataset(data)
         model = load_user_model(model_ref, dataset.image_shape, weights)  # type: ignore[arg-type]
@@ -226,8 +226,8 @@ def presets() -> None:
 @click.option("--wait", is_flag=True, help="If another reproduce is writing into --out, wait for it to finish.")
 def reproduce(quick: bool, seeds: int, out: Path | None, quiet: bool, wait: bool) -> None:
     """Reproduce the articles' experiments on MNIST: report.html, report.md, figures, results.json."""
-    from .reproduce import make_settings
-    from .reproduce import reproduce as run_reproduce
+    from vaescope.reproduce import make_settings
+    from vaescope.reproduce import reproduce as run_reproduce
 
     settings = make_settings(quick=quick, seeds=seeds, progress=not quiet)
     run_reproduce(settings, out or Path("runs") / f"reproduce-{settings.mode}", wait=wait)
@@ -237,7 +237,7 @@ def reproduce(quick: bool, seeds: int, out: Path | None, quiet: bool, wait: bool
 @click.argument("run", type=click.Path(path_type=Path))
 def verify(run: Path) -> None:
     """Check the files of a finished RUN against the SHA-256 its manifest.json records."""
-    from .manifest import MANIFEST_FILE, verify_run
+    from vaescope.runs.manifest import MANIFEST_FILE, verify_run
 
     if not run.is_dir():
         raise VaescopeError(f"run directory {run} does not exist; check the path")
@@ -269,7 +269,7 @@ def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: 
 
     Ends with the performance targets of this project's 2-core machine: each one reached, or how
     many times short of it the measure is (not measured where its row was not asked for)."""
-    from .bench import check_targets, extra_rows, format_report, run_benchmark
+    from vaescope.bench.suite import check_targets, extra_rows, format_report, run_benchmark
 
     result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads)
     result.update(extra_rows(multi_models, monitor, whole_process, repeats=repeats))
@@ -299,8 +299,8 @@ def sweep(preset: str | None, config_file: Path | None, grid_texts: tuple[str, .
           overrides: tuple[str, ...], data: str | None, workers: int, threads: int, ray_address: str | None,
           out: Path, quiet: bool, wait: bool) -> None:
     """Train a grid of configs x seeds (local workers or Ray); sweep.json, sweep.csv, report.html."""
-    from .sweep import parse_grid
-    from .sweep import sweep as run_sweep
+    from vaescope.sweeps.execute import sweep as run_sweep
+    from vaescope.sweeps.plan import parse_grid
 
     if preset is None and config_file is None:
         raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) unless --config is given")
@@ -328,8 +328,8 @@ def prune(run: Path, out: Path, criterion: str, mu_variance_threshold: float | N
     """Write a smaller copy of RUN without its inactive latent variables, and prune.json."""
     import dataclasses
 
-    from .checkpoint import load_run
-    from .prune import describe, prune_run
+    from vaescope.prune import describe, prune_run
+    from vaescope.runs.checkpoint import load_run
 
     loaded = load_run(run)
     given = {"mu_variance_threshold": mu_variance_threshold, "sigma2_threshold": sigma2_threshold,

@@ -23,19 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import as_latent_model
-from .config import StatsConfig
-from .criteria import criteria_table, threshold_sweeps
-from .data import Dataset, load_dataset
-from .errors import VaescopeError
-from .experiments.generation import generation_check, generation_rows
-from .experiments.reconstruction_gain import ReconstructionGain, reconstruction_gain
-from .experiments.variance_law import variance_law
-from .experiments.variance_trace import variance_trace
-from .measures import mutual_information
-from .report import Paragraph, Section, write_report
-from .rundir import TRACE_FILE, Trace, read_trace
-from .sections import (
+from vaescope.core.config import ModelConfig, StatsConfig
+from vaescope.core.errors import VaescopeError
+from vaescope.core.storage import atomic_write_json
+from vaescope.data.dataset import Dataset
+from vaescope.data.sources import load_dataset
+from vaescope.measures.criteria import criteria_table, threshold_sweeps
+from vaescope.measures.gains import ReconstructionGain, reconstruction_gain
+from vaescope.measures.generation import generation_check, generation_rows
+from vaescope.measures.information import mutual_information
+from vaescope.measures.statistics import LatentStatistics, latent_statistics
+from vaescope.measures.trace import variance_trace
+from vaescope.measures.variance_law import variance_law
+from vaescope.models.adapters import as_latent_model
+from vaescope.models.networks import load_factory
+from vaescope.reports.html import Paragraph, Section, write_report
+from vaescope.reports.sections import (
     channels_section,
     criteria_section,
     figure_sink,
@@ -45,8 +48,9 @@ from .sections import (
     trace_section,
     variance_law_section,
 )
-from .stats import LatentStatistics, latent_statistics
-from .storage import atomic_write_json
+from vaescope.reports.text import references_section
+from vaescope.runs.checkpoint import load_run
+from vaescope.runs.files import TRACE_FILE, Trace, read_trace
 
 INSPECT_FILE = "inspect.json"
 
@@ -168,7 +172,6 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
                        f"{stats.latent_dim} latent variables inactive (Var(mu) < "
                        f"{thresholds.mu_variance_threshold:g}); the largest |Var(mu) + mean sigma^2 - 1| is "
                        f"{stats.variance_law_max_abs_dev:.3f}. Gains use the {kind} reconstruction error.")]
-    from .reproduce.text import references_section  # the articles, named as the reproduce report names them
 
     sections.append(references_section())
     report, _ = write_report(out, title or f"vaescope inspect: {label}", sections, intro)
@@ -180,7 +183,6 @@ def inspect_run(run_dir: str | Path, out: str | Path | None = None, split: str =
                 dataset: Dataset | None = None, **options: Any) -> InspectResult:
     """:func:`inspect` for a run directory of ``vaescope train``: its model, data source, likelihood,
     thresholds and recorded trace; ``out`` defaults to ``RUN_DIR/inspect``."""
-    from .checkpoint import load_run
 
     run = load_run(run_dir)
     directory = Path(run_dir)
@@ -198,8 +200,6 @@ def load_user_model(reference: str, image_shape: tuple[int, ...], weights: str |
     or with ``(image_shape, ModelConfig)`` when it takes two (the ``model.factory`` contract).
     ``weights``: a safetensors file loaded with ``load_state_dict`` (strict).
     """
-    from .config import ModelConfig
-    from .models import load_factory
 
     factory = load_factory(reference)
     try:

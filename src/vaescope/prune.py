@@ -28,17 +28,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import config as config_mod
-from .checkpoint import WEIGHTS_FILE, Run, has_checkpoint, load_checkpoint, load_run, save_checkpoint, save_weights
-from .config import StatsConfig
-from .data import Dataset, load_dataset
-from .engine import EVAL_SEED_OFFSET, as_float, cpu_settings, evaluate, images_to_device, make_optimizer
-from .errors import VaescopeError
-from .manifest import FINAL_FILES, write_manifest
-from .models import CUSTOM_KIND, ConvVAE, DenseVAE
-from .rundir import CONFIG_FILE, METRICS_FILE, TIMING_FILE, Trace, read_trace, run_statistics
-from .stats import LatentStatistics
-from .storage import atomic_write_bytes, atomic_write_json, atomic_write_text, directory_lock
+from vaescope.core import config as config_mod
+from vaescope.core.config import StatsConfig
+from vaescope.core.device import cpu_settings
+from vaescope.core.errors import VaescopeError
+from vaescope.core.storage import atomic_write_bytes, atomic_write_json, atomic_write_text, directory_lock
+from vaescope.data.batches import as_float, images_to_device
+from vaescope.data.dataset import Dataset
+from vaescope.data.sources import load_dataset
+from vaescope.measures.run import run_statistics
+from vaescope.measures.statistics import LatentStatistics
+from vaescope.models.networks import CUSTOM_KIND, ConvVAE, DenseVAE
+from vaescope.runs.checkpoint import (
+    WEIGHTS_FILE,
+    Run,
+    has_checkpoint,
+    load_checkpoint,
+    load_run,
+    save_checkpoint,
+    save_weights,
+)
+from vaescope.runs.files import CONFIG_FILE, METRICS_FILE, TIMING_FILE, Trace, read_trace
+from vaescope.runs.manifest import FINAL_FILES, write_manifest
+from vaescope.training.engine import EVAL_SEED_OFFSET, evaluate, make_optimizer
 
 PRUNE_FILE = "prune.json"
 CRITERIA = ("mu_variance", "sigma2", "kl")  # Var(mu) < t (the verdict), mean sigma^2 > t, mean KL < t

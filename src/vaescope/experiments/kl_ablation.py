@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import as_float
-from ..errors import VaescopeError
+from vaescope.core.errors import VaescopeError
+from vaescope.data.batches import as_float
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def gaussian_kl_to_standard(mean: np.ndarray, cov: np.ndarray) -> float:
         (tr(cov) + mean^T mean - D - log det cov) / 2
 
     (the closed form between Gaussians; with a diagonal cov it is the sum over variables of
-    :func:`vaescope.objectives.kl_per_variable`). Infinite when cov is singular.
+    :func:`vaescope.models.objectives.kl_per_variable`). Infinite when cov is singular.
     """
     mean = np.asarray(mean, dtype=np.float64)
     cov = np.asarray(cov, dtype=np.float64)

@@ -14,7 +14,7 @@ needs least: the smallest reconstruction gain). Then, one epoch at a time:
 Throughout, the variables that were inactive at the start are kept inactive: the z the decoder
 sees for them is fixed to 0, so they carry nothing and the network cannot hand j's role to a
 revived variable (the sparsity article does the same). Gains are measured with the same zeroing
-(:func:`vaescope.experiments.reconstruction_gain.reconstruction_gain` with ``always_zero``).
+(:func:`vaescope.measures.gains.reconstruction_gain` with ``always_zero``).
 
 After every epoch we record j's reconstruction gain (test error with mu_j set to 0 minus the
 error without; the code is mu), its mean KL, Var(mu_j) and mean sigma_j^2.
@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, LossConfig, StatsConfig, TrainConfig
-from ..engine import as_float, images_to_device, prepare_training, train_epoch
-from ..errors import VaescopeError
-from ..stats import latent_statistics
-from .reconstruction_gain import reconstruction_gain
+from vaescope.core.config import Config, LossConfig, StatsConfig, TrainConfig
+from vaescope.core.errors import VaescopeError
+from vaescope.data.batches import as_float, images_to_device
+from vaescope.measures.gains import reconstruction_gain
+from vaescope.measures.statistics import latent_statistics
+from vaescope.training.engine import prepare_training, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class NoiseCollapseResult:
 def latent_mask_hook(latent_dim: int, zeroed: list[int], variable: int | None = None,
                      noise_std: float = 0.0, generator: torch.Generator | None = None
                      ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A ``z_hook`` for :func:`vaescope.objectives.loss_terms`: z ``(B, D)`` -> ``(B, D)`` with the
+    """A ``z_hook`` for :func:`vaescope.models.objectives.loss_terms`: z ``(B, D)`` -> ``(B, D)`` with the
     ``zeroed`` variables set to 0 and N(0, noise_std^2) noise added to ``variable``."""
     keep = torch.ones(latent_dim)
     keep[list(zeroed)] = 0.0

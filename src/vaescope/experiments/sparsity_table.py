@@ -1,6 +1,6 @@
 """The sparsity article's Table 1: per latent variable, Var(mu), mean sigma^2 and the activity verdict.
 
-The numbers come from :func:`vaescope.stats.latent_statistics` over the test split; this module
+The numbers come from :func:`vaescope.measures.statistics.latent_statistics` over the test split; this module
 only arranges them into rows and sets them beside the counts the articles report.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..stats import LatentStatistics
+from vaescope.measures.statistics import LatentStatistics
 
 # Inactive variables out of 16 in the sparsity article: its Table 1 for the dense
 # 784-256-64-32-16 VAE, and the table for its convolutional VAE.

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Config
-from ..data import Dataset
-from ..engine import as_float, images_to_device, prepare_training, select_device, train_epoch
-from ..errors import VaescopeError
+from vaescope.core.config import Config
+from vaescope.core.device import select_device
+from vaescope.core.errors import VaescopeError
+from vaescope.data.batches import as_float, images_to_device
+from vaescope.data.dataset import Dataset
+from vaescope.training.engine import prepare_training, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def record_trajectories(config: Config, dataset: Dataset,
     tracked_index = pick_per_class(labels, settings.tracked_per_class, settings.seed)
     tracked = images_to_device(dataset.x_test[tracked_index], device)
 
-    setup = prepare_training(config, dataset.image_shape, device)  # as vaescope.train does
+    setup = prepare_training(config, dataset.image_shape, device)  # as vaescope.training.train does
     model, optimizer, shuffle, noise = setup.model, setup.optimizer, setup.shuffle, setup.noise
     steps_per_epoch = math.ceil(len(x_train) / t_cfg.batch_size)
     last = settings.record_epochs * steps_per_epoch

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from ..data import Dataset, load_dataset
-from ..report import Paragraph, write_report
-from ..storage import atomic_write_json, directory_lock, remove_temporaries
-from . import dynamics, sparsity
-from .context import Context, ModelRuns, PlannedRun, Settings, Step, TrainedRun, make_settings
-from .text import REFERENCES, references_section
+from vaescope.core.storage import atomic_write_json, directory_lock, remove_temporaries
+from vaescope.data.dataset import Dataset
+from vaescope.data.sources import load_dataset
+from vaescope.reports.html import Paragraph, write_report
+from vaescope.reports.text import REFERENCES, references_section
+from vaescope.reproduce import dynamics, sparsity
+from vaescope.reproduce.context import Context, ModelRuns, PlannedRun, Settings, Step, TrainedRun, make_settings
 
 __all__ = ["Context", "ModelRuns", "PlannedRun", "Settings", "Step", "TrainedRun", "default_steps", "make_settings", "reproduce"]
 

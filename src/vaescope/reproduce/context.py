@@ -18,20 +18,21 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .. import config as config_mod
-from ..checkpoint import Run, load_run
-from ..config import Config
-from ..data import Dataset
-from ..errors import VaescopeError
-from ..experiments.generation import GenerationCheck
-from ..experiments.reconstruction_gain import ReconstructionGain
-from ..figures.common import save_png
-from ..manifest import verify_run
-from ..multi import train_many
-from ..report import Image, Section
-from ..rundir import Trace, discard_other_run, is_finished, read_metrics, read_trace, run_statistics, training_seconds
-from ..stats import LatentStatistics
-from ..train import train as train_run
+from vaescope.core import config as config_mod
+from vaescope.core.config import Config
+from vaescope.core.errors import VaescopeError
+from vaescope.data.dataset import Dataset
+from vaescope.measures.gains import ReconstructionGain
+from vaescope.measures.generation import GenerationCheck
+from vaescope.measures.run import run_statistics
+from vaescope.measures.statistics import LatentStatistics
+from vaescope.reports.figures.common import save_png
+from vaescope.reports.html import Image, Section
+from vaescope.runs.checkpoint import Run, load_run
+from vaescope.runs.files import Trace, discard_other_run, is_finished, read_metrics, read_trace, training_seconds
+from vaescope.runs.manifest import verify_run
+from vaescope.training.multi import train_many
+from vaescope.training.train import train as train_run
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class Context:
                                           "train.epochs": epochs or self.settings.epochs_for(preset)})
 
     def train_together(self, specs: Sequence[PlannedRun]) -> None:
-        """Train the missing runs of ``specs`` at once with :func:`vaescope.multi.train_many`: runs
+        """Train the missing runs of ``specs`` at once with :func:`vaescope.training.multi.train_many`: runs
         that share an architecture (the random seeds of a preset, dense16 and dense16_no_kl) as one
         batched computation, the others side by side in its worker threads, each with its own files."""
         configs, outs = [], []

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments.kl_ablation import KLAblationSettings, ablation_arm
-from ..experiments.noise_collapse import NoiseCollapseSettings, noise_collapse
-from ..experiments.trajectories import TrajectorySettings, add_final_layout, record_trajectories
-from ..figures import dynamics as figs
-from ..report import Image, Paragraph, Section, Table
-from .context import Context, PlannedRun, Settings, Step
-from .text import architecture
+from vaescope.experiments.kl_ablation import KLAblationSettings, ablation_arm
+from vaescope.experiments.noise_collapse import NoiseCollapseSettings, noise_collapse
+from vaescope.experiments.trajectories import TrajectorySettings, add_final_layout, record_trajectories
+from vaescope.reports.figures import dynamics as figs
+from vaescope.reports.html import Image, Paragraph, Section, Table
+from vaescope.reports.text import architecture
+from vaescope.reproduce.context import Context, PlannedRun, Settings, Step
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ along training; Table 1 for both nets; generation with inactive variables zeroed
 reconstruction gain per variable; the variance law and the stationary condition; sparsity without
 the KL term; run-to-run variation. Each step reads runs from the :class:`Context`, calls the pure
 functions of :mod:`vaescope.experiments`, and adds numbers, figures and a report section; the
-per-model tables and texts (Table 1, gains, generation) come from :mod:`vaescope.sections`, which
+per-model tables and texts (Table 1, gains, generation) come from :mod:`vaescope.reports.sections`, which
 ``vaescope inspect`` uses too.
 """
 
@@ -15,19 +15,28 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments.generation import generation_check, generation_rows
-from ..experiments.reconstruction_gain import reconstruction_gain
-from ..experiments.run_to_run import count_spread
-from ..experiments.sparsity_table import ARTICLE_INACTIVE_COUNTS, article_comparison
-from ..experiments.variance_law import stationary_curves, variance_law
-from ..experiments.variance_trace import variance_trace
-from ..figures import sparsity as figs
-from ..report import Paragraph, Section, Table
-from ..sections import GENERATION_TEXT, criteria_counts, gain_summary_row, gain_table, generation_table, table1_table
-from .context import Context, PlannedRun, Settings, Step, TrainedRun
-from .text import architecture
+from vaescope.experiments.run_to_run import count_spread
+from vaescope.experiments.sparsity_table import ARTICLE_INACTIVE_COUNTS, article_comparison
+from vaescope.measures.gains import reconstruction_gain
+from vaescope.measures.generation import generation_check, generation_rows
+from vaescope.measures.trace import variance_trace
+from vaescope.measures.variance_law import stationary_curves, variance_law
+from vaescope.reports.figures import sparsity as figs
+from vaescope.reports.html import Paragraph, Section, Table
+from vaescope.reports.sections import (
+    GENERATION_TEXT,
+    criteria_counts,
+    gain_summary_row,
+    gain_table,
+    generation_table,
+    table1_table,
+)
+from vaescope.reports.text import architecture
+from vaescope.reproduce.context import Context, PlannedRun, Settings, Step, TrainedRun
 
 MODELS: tuple[str, ...] = ("dense16", "dense16_no_kl", "conv16")
+MODEL_LABELS = {"dense16": "dense16", "conv16": "conv16",
+                "dense16_no_kl": "dense16 without the KL term (quadratic penalty on mu, no sampling)"}
 SPARSE_MODELS: tuple[str, ...] = ("dense16", "conv16")  # the two VAEs of the sparsity article's Table 1
 
 
@@ -278,19 +287,20 @@ def run_to_run(ctx: Context) -> None:
 
 
 def _summary(ctx: Context) -> Paragraph:
-    dense, conv, no_kl = (ctx.model_runs(m) for m in MODELS)
+    """The report's first words, each number read from the same runs as ``results.json``'s ``models``."""
+    runs = {m: ctx.model_runs(m) for m in MODELS}
     g = ctx.generation["dense16"]
-    dim = dense.first.stats.latent_dim
+    dim = runs["dense16"].first.stats.latent_dim
 
     def article(model: str) -> str:
         count = ARTICLE_INACTIVE_COUNTS.get(model)
         return f" (the sparsity article: {count} of {dim})" if count is not None else ""
 
+    counts = "; ".join(f"{MODEL_LABELS[m]} {runs[m].inactive_counts}{article(m)}" for m in MODELS)
+    laws = ", ".join(f"{MODEL_LABELS[m]} {[round(v, 3) for v in runs[m].variance_law_deviations]}"
+                     for m in SPARSE_MODELS)
     return Paragraph(
-        f"Inactive variables per random seed: dense16 {dense.inactive_counts}{article('dense16')}; conv16 "
-        f"{conv.inactive_counts}{article('conv16')}; dense16 without sampling: {no_kl.inactive_counts}. "
-        f"Largest |Var(mu) + mean sigma^2 - 1| per seed: dense16 "
-        f"{[round(v, 3) for v in dense.variance_law_deviations]}, conv16 "
-        f"{[round(v, 3) for v in conv.variance_law_deviations]}. Zeroing the inactive variables of "
-        f"dense16 changes generated pixels by {g.inactive_zeroed_mean_abs_diff:.2e} on average, zeroing as many "
-        f"low-KL active ones by {g.active_zeroed_mean_abs_diff:.2e}.")
+        f"Inactive variables per random seed: {counts}. Largest |Var(mu) + mean sigma^2 - 1| per seed: {laws}. "
+        f"Zeroing the inactive variables of dense16 changes generated pixels by "
+        f"{g.inactive_zeroed_mean_abs_diff:.2e} on average, zeroing as many low-KL active ones by "
+        f"{g.active_zeroed_mean_abs_diff:.2e}.")

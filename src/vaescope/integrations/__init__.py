@@ -1,0 +1,1 @@
+"""vaescope inside other people's loops: the LatentMonitor, Lightning and pythae callbacks."""

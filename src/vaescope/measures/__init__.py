@@ -1,0 +1,1 @@
+"""Pure measures of a latent space: statistics, activity criteria, information, gains, generation, the variance law."""

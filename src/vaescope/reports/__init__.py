@@ -1,0 +1,1 @@
+"""Measured data in, words and figures out: tables, report sections, figures, HTML and Markdown."""
