@@ -101,3 +101,17 @@ def test_latent_statistics_of_the_factory_model_match_numpy(tiny_dataset, own_co
     with torch.no_grad():
         mu, logvar = model.encode(torch.from_numpy(tiny_dataset.x_test).float() / 255)
     assert stats.sigma2_mean == pytest.approx(logvar.double().exp().mean(0).numpy(), rel=1e-6)
+
+
+def test_a_factory_model_trains_from_the_cli_without_a_preset(tmp_path, tiny_npz, monkeypatch):
+    monkeypatch.syspath_prepend(TESTS)
+    out = tmp_path / "own"
+    args = ["train", "--model", "own_model:make", "--data", str(tiny_npz), "--epochs", "1", "--out", str(out),
+            "--quiet", *[a for o in TINY_OVERRIDES if not o.startswith("train.epochs") for a in ("--set", o)]]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((out / "config.json").read_text())
+    # no preset: the config dataclasses' defaults, with the user's model and data
+    assert stored["name"] == "custom" and stored["model"]["factory"] == "own_model:make"
+    assert stored["data"]["source"] == str(tiny_npz) and stored["loss"]["beta"] == resolve().loss.beta
+    assert type(load_run(out).model).__name__ == "TinyVAE"

@@ -69,7 +69,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--preset", help="Named config: dense16, dense3, dense2, conv16, dense16_no_kl, dense16_ae.")
+@click.option("--preset", help="Named config: dense16, dense3, dense2, conv16, dense16_no_kl, dense16_ae "
+              "[none: the config defaults, a dense 784-256-64-32-16 VAE].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A TOML file overriding the preset.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -96,9 +97,6 @@ def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ..
     given = preset or config_file or overrides or data or factory or epochs is not None or seed is not None
     cfg = None
     if given or not resume:  # with --resume and nothing else, the run's stored config
-        if preset is None and config_file is None:
-            raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) "
-                                "unless --config is given")
         cfg = config_mod.resolve(preset, config_file, overrides, **{
             "data.source": data, "model.factory": factory, "train.epochs": epochs, "train.seed": seed})
     if out is None:
@@ -278,7 +276,7 @@ def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: 
 
 
 @main.command()
-@click.option("--preset", help="Named config the runs start from, e.g. dense16.")
+@click.option("--preset", help="Named config the runs start from, e.g. dense16 [none: the config defaults].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A TOML file overriding the preset.")
 @click.option("--grid", "grid_texts", multiple=True, metavar="KEY=V1,V2,...",
@@ -302,8 +300,6 @@ def sweep(preset: str | None, config_file: Path | None, grid_texts: tuple[str, .
     from vaescope.sweeps.execute import sweep as run_sweep
     from vaescope.sweeps.plan import parse_grid
 
-    if preset is None and config_file is None:
-        raise VaescopeError(f"--preset is required (one of: {', '.join(config_mod.preset_names())}) unless --config is given")
     cfg = config_mod.resolve(preset, config_file, overrides, **{"data.source": data, "train.epochs": epochs})
     rows = run_sweep(cfg, out, parse_grid(grid_texts), seeds=seeds, workers=workers, threads=threads,
                      ray=ray_address, progress=not quiet, wait=wait)
