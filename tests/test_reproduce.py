@@ -164,3 +164,86 @@ def test_cli_parses_and_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert calls[1][2] is True
     bad = CliRunner().invoke(main, ["reproduce", "--seeds", "0"])
     assert bad.exit_code == 2 and "--seeds" in bad.output and "0" in bad.output
+
+
+def _markdown_section(report: str, section_id: str) -> str:
+    start = report.index(f'<a id="{section_id}"></a>')
+    end = report.find('<a id="', start + 1)
+    return report[start:end if end != -1 else None]
+
+
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """Each ``| a | b |`` table of ``text`` as rows of cells (header first, the ``---`` row dropped),
+    with Markdown bold stripped."""
+    tables: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_the_summary_and_its_tables_say_what_results_json_says(tiny_reproduction) -> None:
+    from vaescope.reproduce.sparsity import MODEL_LABELS, MODELS, SPARSE_MODELS
+
+    out, _, _, _ = tiny_reproduction
+    results = json.loads((out / "results.json").read_text())
+    summary = _markdown_section((out / "report.md").read_text(), "summary")
+    models = results["models"]
+    for model in MODELS:  # each model's own counts follow its own name (they once followed another's)
+        found = re.search(re.escape(MODEL_LABELS[model]) + r" \[([\d, ]+)\]", summary)
+        assert found, f"the summary does not name {model}"
+        assert [int(v) for v in found.group(1).split(",")] == models[model]["inactive_count"]
+    for model in SPARSE_MODELS:
+        found = re.search(re.escape(MODEL_LABELS[model]) + r" \[([\d., ]+)\](?! \(the)", summary.split("Largest")[1])
+        assert [float(v) for v in found.group(1).split(",")] == [round(v, 3) for v in
+                                                                  models[model]["variance_law_max_abs_dev"]]
+    for model, count in (("dense16", 8), ("conv16", 3)):
+        assert f"{MODEL_LABELS[model]} {models[model]['inactive_count']} (the sparsity article: {count} of 16)" in summary
+    generation = results["generation"]
+    assert f"by {generation['inactive_zeroed_mean_abs_diff']:.2e} on average" in summary
+    assert f"low-KL active ones by {generation['active_zeroed_mean_abs_diff']:.2e}." in summary
+    assert "without sampling" not in summary  # the no-KL net is not the no-sampling ablation
+
+    (counts_table,) = _markdown_tables(summary)
+    assert counts_table[0][:3] == ["model", "epochs", "inactive per random seed"]
+    for row in counts_table[1:]:
+        stored = models[row[0]]
+        assert int(row[1]) == stored["epochs"] == results["epochs"][row[0]]
+        assert [int(v) for v in row[2].split(",")] == stored["inactive_count"]
+        assert float(row[4]) == pytest.approx(np.mean(stored["inactive_count"]), abs=0.005)
+        assert row[6] == str(stored.get("article_inactive_count") or "-")
+    assert [r[0] for r in counts_table[1:]] == list(MODELS)
+
+    table1 = _markdown_section((out / "report.md").read_text(), "table1")
+    *tables, comparison = _markdown_tables(table1)
+    assert len(tables) == len(SPARSE_MODELS)
+    for row, stored in zip(comparison[1:], results["table1"]["comparison"], strict=True):
+        assert row[0] == stored["model"] and row[2] == str(stored["article"]) and int(row[3]) == stored["latent_dim"]
+        assert [int(v) for v in row[1].split(",")] == models[stored["model"]]["inactive_count"]
+    for model, table in zip(SPARSE_MODELS, tables):
+        variables = models[model]["first_seed_statistics"]["variables"]
+        assert len(table) - 1 == len(variables)
+        for row, stored in zip(table[1:], variables):
+            assert int(row[0]) == stored["index"]
+            assert float(row[1]) == pytest.approx(stored["mu_variance"], rel=1e-3)
+            assert float(row[2]) == pytest.approx(stored["sigma2_mean"], rel=1e-3)
+            assert float(row[3]) == pytest.approx(stored["variance_law"], abs=1e-4)
+            assert float(row[4]) == pytest.approx(stored["kl_mean"], abs=1e-4)
+            assert (row[-1] == "INACTIVE") == (not stored["active"])
+        inactive = models[model]["first_seed_statistics"]["inactive_count"]
+        assert f"{model}, seed 0: {inactive} of {len(variables)} inactive" in table1
+
+
+def test_results_record_the_code_command_and_machine_that_made_them(tiny_reproduction) -> None:
+    out, _, _, _ = tiny_reproduction
+    block = json.loads((out / "results.json").read_text())["provenance"]
+    assert block["torch"] == torch.__version__ and block["machine"]["cores"] == __import__("os").cpu_count()
+    assert block["vaescope"] == __import__("importlib.metadata").metadata.version("vaescope")
+    report = (out / "report.md").read_text()
+    assert f"vaescope {block['vaescope']}" in report and block["machine"]["cpu"] in report

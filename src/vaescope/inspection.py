@@ -25,6 +25,7 @@ from torch import nn
 
 from vaescope.core.config import ModelConfig, StatsConfig
 from vaescope.core.errors import VaescopeError
+from vaescope.core.provenance import provenance
 from vaescope.core.storage import atomic_write_json
 from vaescope.data.dataset import Dataset
 from vaescope.data.sources import load_dataset
@@ -147,6 +148,7 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
         "data": {"description": described, "n": stats.n, "split": split if isinstance(data, (str, Path, Dataset))
                  else None},
         "statistics": stats.to_dict(split),
+        "provenance": provenance(),
     }
     if shape is not None and len(shape) > 1:
         rows = channel_summary(stats, shape, gain)

@@ -39,6 +39,7 @@ from vaescope.bench.process import whole_process_comparison
 from vaescope.core.config import Config, resolve
 from vaescope.core.device import cpu_settings, select_device
 from vaescope.core.errors import VaescopeError
+from vaescope.core.provenance import describe, provenance
 from vaescope.data.batches import images_to_device
 from vaescope.data.dataset import Dataset
 from vaescope.data.sources import load_dataset
@@ -315,6 +316,7 @@ def run_benchmark(
     result["stats"] = {"seconds": medians["stats"], "gflops": stats_gflops,
                        "fraction_of_matmul_peak": stats_gflops / peak}
     result["matmul_peak_gflops"] = peak
+    result["provenance"] = provenance()
     return result
 
 
@@ -374,7 +376,8 @@ def format_report(result: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.2f}x"
 
     peak = result["matmul_peak_gflops"]
-    lines = [f"float32 matrix product: {peak:.1f} GFLOP/s (the yardstick)", "",
+    where = [f"measured with {describe(result['provenance'])}", ""] if "provenance" in result else []
+    lines = [*where, f"float32 matrix product: {peak:.1f} GFLOP/s (the yardstick)", "",
              (f"{'':<16}{'vaescope':>10}{'reference':>11}{'ref c-last':>11}{'pythae':>10}{'vs ref':>8}"
               f"{'vs pythae':>11}{'GFLOP/s':>9}{'of matmul':>11}")]
     for name in TRAINING_PRESETS:

@@ -13,6 +13,7 @@ from vaescope.measures.statistics import LatentStatistics
 # Inactive variables out of 16 in the sparsity article: its Table 1 for the dense
 # 784-256-64-32-16 VAE, and the table for its convolutional VAE.
 ARTICLE_INACTIVE_COUNTS: dict[str, int] = {"dense16": 8, "conv16": 3}
+ARTICLE_LATENT_DIM = 16  # both nets of the sparsity article
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,11 @@ module's ``steps(settings)``; tests pass ``steps=[...]`` to :func:`reproduce` di
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from vaescope.core.provenance import describe, provenance
 from vaescope.core.storage import atomic_write_json, directory_lock, remove_temporaries
 from vaescope.data.dataset import Dataset
 from vaescope.data.sources import load_dataset
@@ -68,6 +66,7 @@ def _reproduce_locked(settings: Settings, out: Path, steps: list[Step] | None,
         "split": "test",
         "epochs": dict(settings.epochs),
         "references": [ref.to_dict() for ref in REFERENCES],
+        "provenance": provenance(),
     })
     step_seconds: dict[str, float] = {}
     for k, step in enumerate(steps, 1):
@@ -79,15 +78,11 @@ def _reproduce_locked(settings: Settings, out: Path, steps: list[Step] | None,
         atomic_write_json(out / "results.json", ctx.results)
     total = time.perf_counter() - started
     ctx.results["timing"] = {"step_seconds": step_seconds, "total_seconds": round(total, 1),
-                             "machine": _machine()}
+                             "machine": describe(ctx.results["provenance"])}
     atomic_write_json(out / "results.json", ctx.results)
     html_path, _ = write_report(out, TITLE, [*ctx.sections, references_section()], _intro(ctx, total))
     log.info("wrote %s, %s and %s in %.0f s", html_path, out / "report.md", out / "results.json", total)
     return ctx.results
-
-
-def _machine() -> str:
-    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def _intro(ctx: Context, seconds: float) -> list[Paragraph]:
@@ -100,7 +95,7 @@ def _intro(ctx: Context, seconds: float) -> list[Paragraph]:
         f"`{ctx.dataset.name}`. Mode **{s.mode}**: {s.seeds} random seed(s) per model "
         f"({', '.join(map(str, ctx.seeds))}); epochs: {epochs}. Every statistic is over the test split "
         f"({len(ctx.dataset.x_test)} images) unless a section says otherwise. "
-        f"Took {seconds:.0f} s on {_machine()}"
+        f"Took {seconds:.0f} s with {describe(ctx.results['provenance'])}"
         f"{f', reusing {reused} of {len(runs)} trained runs' if reused else ''}. "
         "Every number shown is in `results.json`."
     )]

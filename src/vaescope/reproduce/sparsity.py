@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vaescope.experiments.run_to_run import count_spread
-from vaescope.experiments.sparsity_table import ARTICLE_INACTIVE_COUNTS, article_comparison
+from vaescope.experiments.sparsity_table import ARTICLE_INACTIVE_COUNTS, ARTICLE_LATENT_DIM, article_comparison
 from vaescope.measures.gains import reconstruction_gain
 from vaescope.measures.generation import generation_check, generation_rows
 from vaescope.measures.trace import variance_trace
@@ -98,7 +98,7 @@ def variance_along_training(ctx: Context) -> None:
 
 def _table(tr: TrainedRun, model: str) -> Table:
     cmp = article_comparison(model, tr.stats.inactive_count, tr.stats.latent_dim)
-    article_note = f"; the sparsity article reports {cmp.article} of {cmp.latent_dim}" if cmp.article is not None else ""
+    article_note = f"; the sparsity article reports {cmp.article} of {ARTICLE_LATENT_DIM}" if cmp.article is not None else ""
     return table1_table(tr.stats, f"{model}, seed {tr.seed}: {tr.stats.inactive_count} of {tr.stats.latent_dim} "
                                   f"inactive{article_note}. Inactive by each criterion: {criteria_counts(tr.stats)}.")
 
@@ -290,11 +290,10 @@ def _summary(ctx: Context) -> Paragraph:
     """The report's first words, each number read from the same runs as ``results.json``'s ``models``."""
     runs = {m: ctx.model_runs(m) for m in MODELS}
     g = ctx.generation["dense16"]
-    dim = runs["dense16"].first.stats.latent_dim
 
     def article(model: str) -> str:
         count = ARTICLE_INACTIVE_COUNTS.get(model)
-        return f" (the sparsity article: {count} of {dim})" if count is not None else ""
+        return f" (the sparsity article: {count} of {ARTICLE_LATENT_DIM})" if count is not None else ""
 
     counts = "; ".join(f"{MODEL_LABELS[m]} {runs[m].inactive_counts}{article(m)}" for m in MODELS)
     laws = ", ".join(f"{MODEL_LABELS[m]} {[round(v, 3) for v in runs[m].variance_law_deviations]}"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from vaescope.core.config import Config
+from vaescope.core.provenance import provenance
 from vaescope.core.storage import atomic_write_json, atomic_write_text
 from vaescope.measures.intrinsic import DEFAULT_TOLERANCE, intrinsic_dimension
 from vaescope.reports.figures.common import save_png
@@ -47,7 +48,8 @@ def write_results(out: Path, config: Config, grid: Mapping[str, Sequence[Any]], 
     """``sweep.json`` (settings, rows, intrinsic dimension) and ``sweep.csv`` (the rows); returns the JSON."""
     results = {"config": config.to_dict(), "grid": dict(grid), "seeds": list(seeds),
                "execution": {"workers": execution.workers, "threads": execution.threads, "ray": execution.ray},
-               "criteria": CRITERIA, "rows": list(rows), "intrinsic_dimension": intrinsic_readings(rows, grid)}
+               "criteria": CRITERIA, "rows": list(rows), "intrinsic_dimension": intrinsic_readings(rows, grid),
+               "provenance": provenance()}
     if seconds is not None:
         results["seconds"] = round(seconds, 1)
     atomic_write_json(out / SWEEP_JSON, results)
