@@ -131,7 +131,6 @@ def test_ablation_arm_on_a_tiny_3d_model(tiny_dataset):
     arm = ablation_arm(model, tiny_dataset.x_test, tiny_dataset.y_test, settings)
     assert arm.codes.shape == (100, 3) and arm.labels.shape == (100,)
     assert arm.generations.shape == (3, 3, 3, 8, 8)
-    assert 0 <= arm.generations.min() and arm.generations.max() <= 1
     mean, cov = fit_gaussian(arm.codes)
     assert arm.fitted_kl == pytest.approx(gaussian_kl_to_standard(mean, cov))
     summary = arm.summary()
