@@ -40,6 +40,8 @@ def check_shape(result: dict, with_pythae: bool) -> None:
     targets = result.pop("targets", None)  # the CLI adds them (check_targets)
     if targets is not None:
         assert targets == bench.check_targets(result)
+    where = result.pop("provenance")
+    assert where["torch"] == torch.__version__ and where["machine"]["torch_threads"] == torch.get_num_threads()
     assert set(result) == {"dense16", "conv16", "stats", "matmul_peak_gflops"}
     for name in ("dense16", "conv16"):
         row = result[name]

@@ -130,10 +130,10 @@ def test_trace_file_lands_in_the_given_log_dir(tmp_path, probe):
 @pytest.mark.filterwarnings("ignore:The number of training batches .* is smaller than the logging interval")
 @pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
 def test_readme_lightning_example_runs(tiny_npz, tmp_path, monkeypatch):
-    from test_api import readme_block
+    from test_docs import marked_block
 
     monkeypatch.chdir(tmp_path)
-    code = readme_block("lightning-example").replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
+    code = marked_block("lightning-example").replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
     code = code.replace("every=50", "every=2")  # 8 steps here (512 images, 2 epochs of 4 batches)
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
     version = tmp_path / "lightning_logs" / "version_0"

@@ -117,10 +117,10 @@ def test_pythae_vae_trained_on_mnist_is_measured_and_inspected_without_an_adapte
 
 
 def test_readme_pythae_example_runs(tiny_npz, tiny_dataset, tmp_path, monkeypatch):
-    from test_api import readme_block
+    from test_docs import marked_block
 
     monkeypatch.chdir(tmp_path)
-    code = readme_block("pythae-example").replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
+    code = marked_block("pythae-example").replace('load_dataset("mnist")', f"load_dataset({str(tiny_npz)!r})")
     code = code.replace("every=50", "every=2")  # 8 steps here (512 images, 2 epochs of 4 batches)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
