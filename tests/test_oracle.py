@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from vaescope import latent_statistics
+from vaescope import latent_statistics, load_dataset
 from vaescope.core.errors import VaescopeError
 from vaescope.data.linear import LinearSource, linear_gaussian_data, parse_linear_source
 from vaescope.measures.oracle import (
@@ -377,3 +377,23 @@ def test_parse_linear_source_errors(text, words):
     with pytest.raises(VaescopeError, match=words) as info:
         parse_linear_source(text)
     assert "\n" not in str(info.value)
+
+
+def test_the_spectrum_of_an_npz_and_the_dataset_of_a_linear_source(tmp_path):
+    # 2x2 images whose first two pixels are (0.5 -+ 0.5, 0.5) and (0.5, 0.5 -+ 0.25), the others 0:
+    # 1/N covariance diag(0.5^2 * 2/4, 0.25^2 * 2/4, 0, 0) = diag(0.125, 0.03125, 0, 0)
+    x = np.array([[0.0, 0.5, 0, 0], [1.0, 0.5, 0, 0], [0.5, 0.25, 0, 0], [0.5, 0.75, 0, 0]], dtype=np.float32)
+    path = tmp_path / "four.npz"
+    np.savez(path, x_train=x.reshape(4, 2, 2), x_test=x[:2].reshape(2, 2, 2))
+    source = parse_linear_source(f"synthetic:linear={path},n=50,test=10,seed=2")
+    np.testing.assert_allclose(source.spectrum, [0.125, 0.03125, 0.0, 0.0], rtol=0, atol=1e-12)
+    assert source.file == str(path) and source.dim == 4
+    assert parse_linear_source(source.source) == source  # the canonical string names the file
+    with pytest.raises(VaescopeError, match="either a file or eigenvalues"):
+        parse_linear_source(f"synthetic:linear={path},3")
+    # through the ordinary entry point: vectors (n, dim), the draw of linear_gaussian_data
+    data = load_dataset("synthetic:linear=4,2,1,dim=5,n=300,test=40,seed=1")
+    assert data.x_train.shape == (300, 5) and data.x_test.shape == (40, 5) and data.y_train is None
+    whole, _ = linear_gaussian_data([4.0, 2.0, 1.0], 340, dim=5, seed=1)
+    np.testing.assert_array_equal(data.x_train, whole[:300])
+    np.testing.assert_array_equal(data.x_test, whole[300:])

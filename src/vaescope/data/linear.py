@@ -10,11 +10,15 @@ The source syntax (for ``--data``)::
     synthetic:linear=4,2,1,0.3                  # D = 4, the spectrum given
     synthetic:linear=4,2,1,0.1x17,seed=3        # "VxK" repeats V K times: D = 20
     synthetic:linear=4,2,1,dim=20,n=5000,test=1000
+    synthetic:linear=mine.npz,n=5000            # the spectrum of mine.npz's x_train (1/N covariance)
 
-``linear=`` takes the eigenvalues (descending, >= 0) separated by commas; the options that follow,
-also comma-separated, are ``dim`` (the data's dimension, at least the spectrum's length; default that
-length), ``n`` (training points, default 10000), ``test`` (test points, default 2000) and ``seed``
-(default 0). A token without ``=`` continues the spectrum, so no quoting is needed in a shell.
+``linear=`` takes the eigenvalues (descending, >= 0) separated by commas, or one path to an ``.npz``
+with ``x_train`` (read with vaescope's bounded reader), whose sample covariance spectrum (1/N,
+:func:`vaescope.measures.oracle`'s convention, computed here in float64) is used, all of it. The
+options that follow, also comma-separated, are ``dim`` (the data's dimension, at least the spectrum's
+length; default that length), ``n`` (training points, default 10000), ``test`` (test points, default
+2000) and ``seed`` (default 0). A token without ``=`` continues the spectrum, so no quoting is needed
+in a shell.
 """
 
 from __future__ import annotations
@@ -23,15 +27,19 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from vaescope.core.errors import VaescopeError
+from vaescope.data.dataset import Dataset, to_float
+from vaescope.data.readers import load_npz
 
 DEFAULT_N = 10000
 DEFAULT_TEST = 2000
 PREFIX = "synthetic:"
-SYNTAX = "synthetic:linear=V1,V2,...[,dim=D][,n=N][,test=M][,seed=S] (V descending >= 0, 'VxK' repeats V K times)"
+SYNTAX = ("synthetic:linear=V1,V2,...[,dim=D][,n=N][,test=M][,seed=S] (V descending >= 0, 'VxK' repeats V K "
+          "times; or linear=FILE.npz for the spectrum of its x_train)")
 _REPEAT = re.compile(r"^(.+)x(\d+)$")
 
 
@@ -90,12 +98,18 @@ class LinearSource:
     n: int = DEFAULT_N
     test: int = DEFAULT_TEST
     seed: int = 0
+    file: str = ""  # the .npz whose spectrum this is, or "" for a spectrum given in the source
 
     @property
     def source(self) -> str:
         """The canonical source string (every option written out): parses back to this object."""
-        values = ",".join(np.format_float_positional(v, trim="-") for v in self.spectrum)  # shortest exact text
+        values = self.file or ",".join(np.format_float_positional(v, trim="-") for v in self.spectrum)  # shortest exact text
         return f"{PREFIX}linear={values},dim={self.dim},n={self.n},test={self.test},seed={self.seed}"
+
+    @property
+    def name(self) -> str:
+        """A short dataset name: ``linear-D<dim>-seed<S>`` (the spectrum is in :attr:`source`)."""
+        return f"synthetic-linear-d{self.dim}" + (f"-seed{self.seed}" if self.seed else "")
 
     @property
     def eigenvalues(self) -> np.ndarray:
@@ -109,6 +123,32 @@ class LinearSource:
         one draw of ``n + test`` points, the first ``n`` for training."""
         x, vectors = linear_gaussian_data(self.spectrum, self.n + self.test, self.dim, self.seed)
         return x[: self.n], x[self.n :], vectors
+
+
+def covariance_eigen(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues ``(D,)`` descending and eigenvectors ``(D, D)`` (column j with eigenvalue j) of the
+    sample covariance of ``x`` ``(N, D)`` with the 1/N normaliser, in float64; round-off below 0 clipped.
+    The one definition (:func:`vaescope.measures.oracle.data_spectrum` checks its input and calls it)."""
+    array = np.asarray(x, dtype=np.float64)
+    centred = array - array.mean(0)
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(array))
+    order = np.argsort(values)[::-1]
+    return np.clip(values[order], 0.0, None), vectors[:, order]
+
+
+def file_spectrum(path: str | Path) -> np.ndarray:
+    """The covariance spectrum ``(D,)`` (:func:`covariance_eigen`; images flattened) of an ``.npz``'s
+    ``x_train``, read by vaescope's bounded ``.npz`` reader (values in [0, 1], uint8 as value/255)."""
+    data = load_npz(path)
+    return covariance_eigen(to_float(data.x_train).reshape(len(data.x_train), -1))[0]
+
+
+def load_linear(source: str) -> Dataset:
+    """The dataset of a ``synthetic:linear=...`` source: ``x_train`` ``(n, dim)`` and ``x_test`` ``(test, dim)``
+    float32 vectors (not images, not in [0, 1]), no labels."""
+    parsed = parse_linear_source(source)
+    x_train, x_test, _ = parsed.draw()
+    return Dataset(parsed.name, x_train, None, x_test, None)
 
 
 def _number(token: str, source: str) -> list[float]:
@@ -139,8 +179,15 @@ def parse_linear_source(source: str) -> LinearSource:
     tokens = [t.strip() for t in body[len("linear="):].split(",")]
     spectrum: list[float] = []
     options: dict[str, str] = {}
+    file = ""
+    if tokens and tokens[0].lower().endswith(".npz"):
+        file = tokens.pop(0)
+        spectrum.extend(file_spectrum(Path(file).expanduser()).tolist())
     for token in tokens:
         if "=" not in token:
+            if file:
+                raise VaescopeError(f"data source {source!r}: {token!r} follows the file {file!r}; give either a "
+                                    f"file or eigenvalues: {SYNTAX}")
             if options:
                 raise VaescopeError(f"data source {source!r}: eigenvalue {token!r} comes after an option; "
                                     f"list the spectrum first: {SYNTAX}")
@@ -163,4 +210,5 @@ def parse_linear_source(source: str) -> LinearSource:
         n=_count("n", options["n"], text, 1) if "n" in options else DEFAULT_N,
         test=_count("test", options["test"], text, 0) if "test" in options else DEFAULT_TEST,
         seed=_count("seed", options["seed"], text, 0) if "seed" in options else 0,
+        file=file,
     )

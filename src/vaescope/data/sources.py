@@ -14,14 +14,13 @@ from vaescope.data.synthetic import load_synthetic
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 
 def load_dataset(source: str | os.PathLike[str] = "mnist", max_bytes: int = DEFAULT_MAX_BYTES) -> Dataset:
-    """Load a dataset by name (``mnist``, ``fashion-mnist``, ``synthetic:factors=K``) or path (IDX
-    directory, ``.npz``)."""
+    """Load a dataset by name (``mnist``, ``fashion-mnist``, ``synthetic:factors=K``,
+    ``synthetic:linear=...``) or path (IDX directory, ``.npz``)."""
 
     text = str(source)
     if text.lower() == "mnist":
         return load_mnist(max_bytes)
-    if text.lower().startswith("synthetic:"):  # rings drawn from K known factors
-
+    if text.lower().startswith("synthetic:"):  # rings drawn from K known factors, or linear-Gaussian vectors
         return load_synthetic(text)
     if text.lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
         if not FASHION_MNIST_DIR.is_dir():

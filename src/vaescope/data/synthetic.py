@@ -1,4 +1,6 @@
-"""Images with known factors: ``--data synthetic:factors=K`` (K from 1 to 6).
+"""Images with known factors: ``--data synthetic:factors=K`` (K from 1 to 6). (``synthetic:linear=...``,
+Gaussian vectors of a known covariance spectrum, is :mod:`vaescope.data.linear`; :func:`load_synthetic`
+reads both.)
 
 Each image is an elliptical ring drawn on a 28x28 canvas from K independent continuous factors,
 each drawn uniformly in [0, 1] and mapped linearly onto a physical range (:data:`FACTORS`, in
@@ -45,6 +47,7 @@ import numpy as np
 from vaescope.core.errors import VaescopeError
 from vaescope.core.storage import atomic_write_bytes
 from vaescope.data.dataset import Dataset, cache_dir
+from vaescope.data.linear import load_linear
 
 SIDE = 28
 N_TRAIN, N_TEST = 60000, 10000
@@ -186,7 +189,10 @@ def _arrays(k: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def load_synthetic(source: str) -> Dataset:
-    """The dataset ``synthetic:factors=K[,seed=S]``: 60,000 train and 10,000 test rings, no labels."""
+    """The dataset ``synthetic:factors=K[,seed=S]``: 60,000 train and 10,000 test rings, no labels; or
+    ``synthetic:linear=...``: Gaussian vectors of a known spectrum (:func:`vaescope.data.linear.load_linear`)."""
+    if str(source).strip().lower().startswith("synthetic:linear="):
+        return load_linear(source)
     k, seed = parse_source(source)
     arrays = _arrays(k, seed)
     name = f"synthetic-factors{k}" + (f"-seed{seed}" if seed else "")
@@ -202,6 +208,11 @@ def load_factors(source: str) -> FactorSet:
 
 def is_synthetic(source: str) -> bool:
     return str(source).strip().lower().startswith("synthetic:")
+
+
+def has_factors(source: str) -> bool:
+    """Whether ``source`` is ``synthetic:factors=...``, data whose factors :func:`load_factors` gives."""
+    return str(source).strip().lower().startswith("synthetic:factors=")
 
 
 # ---------------------------------------------------------------------------- analysis

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from vaescope.core.errors import VaescopeError
+from vaescope.data.linear import covariance_eigen
 
 QUANTITIES = ("mu_variance", "sigma2_mean", "kl", "mutual_information")
 # the key (or attribute) of each quantity in a measurement, e.g. vaescope's LatentStatistics
@@ -205,12 +206,7 @@ def data_spectrum(x: Any) -> tuple[np.ndarray, np.ndarray]:
     array = np.asarray(x, dtype=np.float64)
     if array.ndim < 2 or len(array) < 2:
         raise VaescopeError(f"data has shape {array.shape}; expected (N, D) with at least 2 points")
-    array = _matrix(array.reshape(len(array), -1), "data")
-    centred = array - array.mean(0)
-    covariance = centred.T @ centred / len(array)
-    values, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(values)[::-1]
-    return np.clip(values[order], 0.0, None), vectors[:, order]
+    return covariance_eigen(_matrix(array.reshape(len(array), -1), "data"))
 
 
 def optimal_decoder(eigenvectors: Any, eigenvalues: Any, sigma2: float, beta: float = 1.0,

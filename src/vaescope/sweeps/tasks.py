@@ -15,7 +15,7 @@ from vaescope.core.errors import VaescopeError
 from vaescope.data.batches import as_float
 from vaescope.data.dataset import Dataset
 from vaescope.data.sources import load_dataset
-from vaescope.data.synthetic import factor_correlations, factor_matches, factor_r2, is_synthetic, load_factors
+from vaescope.data.synthetic import factor_correlations, factor_matches, factor_r2, has_factors, load_factors
 from vaescope.measures.criteria import criteria_table
 from vaescope.measures.run import run_statistics
 from vaescope.runs.checkpoint import has_checkpoint, load_run
@@ -40,7 +40,7 @@ class DataBundle:
 
 def load_bundle(source: str, dataset: Dataset | None = None) -> DataBundle:
     data = dataset if dataset is not None else load_dataset(source)
-    if is_synthetic(source):
+    if has_factors(source):
         factors = load_factors(source)
         if len(factors.test) == len(data.x_test):
             return DataBundle(data, factors.names, factors.test)
