@@ -336,5 +336,25 @@ def prune(run: Path, out: Path, criterion: str, mu_variance_threshold: float | N
     click.echo(describe(prune_run(run, out, criterion=criterion, thresholds=thresholds)))
 
 
+@main.command()
+@click.option("--data", help="Dataset: mnist, fashion-mnist, synthetic:factors=K, synthetic:linear=..., an IDX "
+              "directory or an .npz file [the run's data].")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also estimate on the posterior means of this run's active variables, beside its active count.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--points", type=click.IntRange(min=3), default=2000, show_default=True,
+              help="Estimate on this many points drawn at random (without replacement) from the split.")
+@click.option("--k", "ks", type=click.IntRange(min=2), multiple=True, help="Neighbours of the MLE (repeatable) [5, 10, 20].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the subsample.")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimates as JSON.")
+def dimension(data: str | None, run_dir: Path | None, split: str, points: int, ks: tuple[int, ...], seed: int,
+              as_json: bool) -> None:
+    """Estimate the intrinsic dimension (TwoNN, Levina-Bickel MLE; scikit-dimension) of data and of a run's codes."""
+    from vaescope.dimension import dimension_report, report_text
+
+    report = dimension_report(data, run_dir, split=split, ks=ks or (5, 10, 20), n=points, seed=seed)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report_text(report))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main(prog_name="vaescope"))

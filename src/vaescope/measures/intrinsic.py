@@ -1,4 +1,8 @@
-"""The intrinsic dimension read from a sweep: where the active count stops growing with latent size.
+"""The intrinsic dimension, two ways: read from a sweep (where the active count stops growing with
+latent size), and estimated from points (scikit-dimension's TwoNN and Levina-Bickel MLE), on the
+data or on the posterior means of the active variables, as a check that owes nothing to a VAE.
+
+**Read from a sweep** (:func:`intrinsic_dimension`).
 
 A. Asperti, "Sparsity in Variational Autoencoders", draws the lesson of collapse: for a given
 architecture there seems to be an intrinsic dimension of the data; a VAE with no inactive variable
@@ -14,16 +18,40 @@ The default tolerance, 0.5, lets the median of an even number of seeds move by h
 and nothing more: a curve that gains one variable per size never levels off. When no size
 qualifies the answer is "not reached", with the reason (one size only, or still growing at the
 largest size, where every variable may even be active: then the latent space is too small).
+
+**Estimated from points** (:func:`estimate_dimension`, needs the ``dimension`` extra:
+``pip install vaescope[dimension]``, scikit-dimension 0.5.0):
+
+- TwoNN (E. Facco, M. d'Errico, A. Rodriguez and A. Laio, "Estimating the intrinsic dimension of
+  datasets by a minimal neighborhood information", 2017): ``skdim.id.TwoNN()``, its defaults (the
+  10% largest ratios r2/r1 discarded, a line through the origin);
+- MLE (E. Levina and P. J. Bickel, "Maximum Likelihood Estimation of Intrinsic Dimension", 2004) at
+  k neighbours: ``skdim.id.MLE().fit(X, n_neighbors=k)``: the local estimate
+  ``(k - 1) / sum_j ln(T_k / T_j)`` at every point, combined by the mean of their inverses (D. J. C.
+  MacKay and Z. Ghahramani's correction, as P. Pope et al., "The Intrinsic Dimension of Images and Its
+  Impact on Learning", 2021, use it). scikit-dimension's own ``K`` argument is ignored in this
+  (neighbourhood) mode: ``n_neighbors`` is what sets k.
+
+On a stated subsample: at most ``n`` points drawn without replacement from ``numpy.random.default_rng(seed)``,
+then duplicate rows dropped (a zero distance makes both estimators infinite); one column is padded
+with a zero column (the estimators need two; distances are unchanged). On noisy data an estimator
+measures the noise as well (it grows with the ambient dimension as k shrinks): say which points.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from vaescope.core.errors import VaescopeError
+
 DEFAULT_TOLERANCE = 0.5
+DEFAULT_KS = (5, 10, 20)
+DEFAULT_POINTS = 2000
 
 
 @dataclass(frozen=True)
@@ -92,3 +120,72 @@ def intrinsic_dimension(active_counts: Mapping[int, Sequence[float]],
         why = (f"the median active count still moves by more than {tolerance:g} between the largest sizes "
                f"({_count(before)} at {sizes[-2]}, {_count(last)} at {sizes[-1]}): try more seeds or larger sizes")
     return answer(None, None, "not reached: " + why)
+
+
+# ---------------------------------------------------------------------------- estimated from points
+
+
+@dataclass(frozen=True)
+class DimensionEstimates:
+    """Estimates of the intrinsic dimension of a point cloud: ``twonn``, ``mle`` ``{k: estimate}``;
+    ``n`` points used (of ``n_given``, after ``duplicates`` duplicate rows were dropped) in ``ambient``
+    dimensions; ``seed`` of the subsample; ``what`` the points are, in words."""
+
+    twonn: float
+    mle: dict[int, float]
+    n: int
+    n_given: int
+    duplicates: int
+    ambient: int
+    seed: int
+    what: str = "points"
+
+    @property
+    def settings(self) -> str:
+        return (f"{self.n} of {self.n_given} points (seed {self.seed}, {self.duplicates} duplicates dropped), "
+                f"{self.ambient} dimensions; TwoNN (scikit-dimension defaults), MLE at k = "
+                f"{', '.join(str(k) for k in self.mle)} (Levina-Bickel, inverses averaged)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "twonn": self.twonn, "mle": {str(k): v for k, v in self.mle.items()},
+                "n": self.n, "n_given": self.n_given, "duplicates": self.duplicates, "ambient": self.ambient,
+                "seed": self.seed, "settings": self.settings}
+
+
+def _skdim() -> Any:
+    try:
+        return importlib.import_module("skdim")
+    except ImportError:
+        raise VaescopeError("estimating an intrinsic dimension needs scikit-dimension; install it with "
+                            "pip install 'vaescope[dimension]' (scikit-dimension==0.5.0)") from None
+
+
+def estimate_dimension(points: Any, ks: Sequence[int] = DEFAULT_KS, n: int | None = DEFAULT_POINTS,
+                       seed: int = 0, what: str = "points") -> DimensionEstimates:
+    """TwoNN and MLE (at each k of ``ks``) of ``points`` ``(N, ...)`` (flattened to ``(N, D)``), on at
+    most ``n`` of them (None: all); see the module docstring for the settings."""
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim < 2 or len(array) < 3:
+        raise VaescopeError(f"{what} have shape {array.shape}; estimating a dimension needs (N, D) with N >= 3")
+    array = array.reshape(len(array), -1)
+    if array.shape[1] == 0:
+        raise VaescopeError(f"{what} have no columns (shape {array.shape}); nothing to estimate")
+    if not np.all(np.isfinite(array)):
+        raise VaescopeError(f"{what} hold NaN or infinite values; estimate on finite points")
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 2:
+        raise VaescopeError(f"ks is {list(ks)}; expected neighbour counts >= 2, e.g. 5, 10, 20")
+    given = len(array)
+    chosen = np.random.default_rng(seed).permutation(given)[: n or given]
+    subset = np.unique(array[np.sort(chosen)], axis=0)
+    duplicates = len(chosen) - len(subset)
+    if len(subset) <= max(ks) + 1:
+        raise VaescopeError(f"{what}: {len(subset)} distinct points for k up to {max(ks)}; give more points or "
+                            "smaller k")
+    ambient = array.shape[1]
+    if ambient == 1:
+        subset = np.column_stack([subset, np.zeros(len(subset))])
+    skdim = _skdim()
+    twonn = float(skdim.id.TwoNN().fit(subset).dimension_)
+    mle = {k: float(skdim.id.MLE().fit(subset, n_neighbors=k).dimension_) for k in ks}
+    return DimensionEstimates(twonn, mle, len(subset), given, duplicates, ambient, seed, what)
