@@ -60,6 +60,15 @@ class LossConfig:
     # False: z = mu (no sampling) and the penalty is beta * mu^2 / 2, the KL article's ablation.
     # sampling = false with beta = 0 is a plain autoencoder.
     sampling: bool = True
+    # How a Gaussian decoder's variance is set (vaescope.models.objectives.DecoderVariance):
+    # "elbo" keeps `variance`; "balanced" (Asperti & Trentin 2020) uses the running mean squared
+    # error; "optimal-variance" (Rybkin et al. 2021) each batch's mean squared error;
+    # "learned-variance" one scalar trained with the model. All but "elbo" need reconstruction = "gaussian".
+    objective: str = "elbo"
+    # The Gaussian decoder's variance ("elbo"), and where "balanced" and "learned-variance" start.
+    variance: float = 0.5
+    # "balanced": the weight of each batch's mean squared error in the running mean (theirs: 0.01).
+    balance_rate: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -245,6 +254,9 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     raise AssertionError(f"unsupported config type {hint} for {key}")  # a bug, not user input
 
 
+# loss.objective: vaescope.models.objectives.DecoderVariance implements each.
+OBJECTIVES = ("elbo", "balanced", "optimal-variance", "learned-variance")
+
 # The default run directory is runs/<name>-seed<S>: a name must not be able to climb out of it.
 _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
@@ -275,6 +287,12 @@ def validate(config: Config) -> Config:
     need(m.conv_dense >= 1, "model.conv_dense", f"is {m.conv_dense}; it must be at least 1")
     need(loss.reconstruction in ("bernoulli", "gaussian"), "loss.reconstruction",
          f"is {loss.reconstruction!r}; use 'bernoulli' or 'gaussian'")
+    need(loss.objective in OBJECTIVES, "loss.objective",
+         f"is {loss.objective!r}; use one of: {', '.join(OBJECTIVES)}")
+    need(loss.objective == "elbo" or loss.reconstruction == "gaussian", "loss.objective",
+         f"is {loss.objective!r}, which sets a Gaussian decoder's variance; set loss.reconstruction = 'gaussian'")
+    need(0 < loss.variance < float("inf"), "loss.variance", f"is {loss.variance}; give a positive variance, e.g. 0.5")
+    need(0 < loss.balance_rate <= 1, "loss.balance_rate", f"is {loss.balance_rate}; give a weight in (0, 1], e.g. 0.01")
     need(loss.beta >= 0 and loss.beta == loss.beta and loss.beta != float("inf"), "loss.beta",
          f"is {loss.beta}; it must be a finite number >= 0")
     need(t.epochs >= 1, "train.epochs", f"is {t.epochs}; it must be at least 1")

@@ -77,22 +77,30 @@ def _read_safetensors(path: Path, expected_sha256: str | None = None) -> tuple[d
 
 # ---------------------------------------------------------------------------- final weights
 
-def save_weights(path: Path, model: nn.Module, config: Config, image_shape: tuple[int, ...]) -> None:
-    """Weights plus the config and image shape that rebuild the model."""
+def save_weights(path: Path, model: nn.Module, config: Config, image_shape: tuple[int, ...],
+                 decoder_variance: float | None = None) -> None:
+    """Weights plus the config and image shape that rebuild the model; ``decoder_variance``: a
+    Gaussian decoder's variance at the end of training (``loss.objective`` sets it)."""
     # One metadata key: safetensors stores metadata as a hash map whose order varies between
     # processes, and byte-identical files for identical runs are worth keeping.
-    metadata = {"vaescope": json.dumps({"config": config.to_dict(), "image_shape": list(image_shape)})}
+    meta: dict[str, Any] = {"config": config.to_dict(), "image_shape": list(image_shape)}
+    if decoder_variance is not None:
+        meta["decoder_variance"] = float(decoder_variance)
+    metadata = {"vaescope": json.dumps(meta)}
     atomic_write_bytes(path, st_save(_contiguous_cpu(model.state_dict()), metadata=metadata))
 
 
 @dataclass
 class Run:
-    """A trained run: the model (in eval mode, on CPU), its config and where it lives."""
+    """A trained run: the model (in eval mode, on CPU), its config and where it lives;
+    ``decoder_variance``: a Gaussian decoder's variance after training (``loss.variance`` for a
+    fixed one; None for a Bernoulli decoder)."""
 
     directory: Path
     config: Config
     model: nn.Module
     image_shape: tuple[int, ...]
+    decoder_variance: float | None = None
 
 
 def load_run(directory: str | Path, map_location: str | torch.device = "cpu", model: nn.Module | None = None) -> Run:
@@ -116,6 +124,8 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu", mo
         meta = json.loads(metadata["vaescope"])
         config = config_mod.from_dict(meta["config"], origin=str(weights))
         image_shape = tuple(int(n) for n in meta["image_shape"])
+        decoder_variance = (float(meta["decoder_variance"]) if "decoder_variance" in meta
+                            else config.loss.variance if config.loss.reconstruction == "gaussian" else None)
     except (KeyError, TypeError, ValueError) as err:
         raise VaescopeError(f"{weights} lacks vaescope's metadata; it was not written by vaescope train") from err
     if model is None:
@@ -125,7 +135,7 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu", mo
     except RuntimeError as err:
         raise VaescopeError(f"{weights} does not fit the model its config describes: {str(err).splitlines()[0]}") from err
     model.to(map_location).eval()
-    return Run(directory, config, model, image_shape)
+    return Run(directory, config, model, image_shape, decoder_variance)
 
 
 # ---------------------------------------------------------------------------- checkpoints

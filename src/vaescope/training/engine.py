@@ -15,17 +15,18 @@ Every caller that trains (``vaescope train``, bench, the experiments) sets up th
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
 from vaescope.core.config import Config, LossConfig
+from vaescope.core.errors import VaescopeError
 from vaescope.data.batches import as_float
 from vaescope.data.dataset import binarize_dynamic
 from vaescope.models.networks import build_model
-from vaescope.models.objectives import loss_terms
+from vaescope.models.objectives import DecoderVariance, loss_terms
 from vaescope.training.adam import FusedAdam, Optimizer, fused_kernel_supports
 
 EVAL_SEED_OFFSET = 7919  # the test-set ELBO uses its own fixed noise, identical every epoch
@@ -67,16 +68,56 @@ def make_optimizer(model: nn.Module, lr: float) -> Optimizer:
 @dataclass
 class TrainingSetup:
     """What a run trains with: the model, its optimizer, and the generators of data order
-    (``shuffle``, on the CPU) and of the reparameterisation noise (``noise``, on the device)."""
+    (``shuffle``, on the CPU) and of the reparameterisation noise (``noise``, on the device);
+    ``variance``: the Gaussian decoder's variance state (``loss.objective``), with its own Adam
+    (``variance_optimizer``, same lr) when it is learned: Adam is elementwise, so that is one
+    Adam over both, and the model's own optimizer and its stacked form stay as they are."""
 
     model: nn.Module
     optimizer: Optimizer
     shuffle: torch.Generator
     noise: torch.Generator
+    variance: DecoderVariance | None = None
+    variance_optimizer: Optimizer | None = field(default=None)
 
     @property
     def generators(self) -> dict[str, torch.Generator]:
         return {"shuffle": self.shuffle, "noise": self.noise}
+
+    def objective_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of a Gaussian decoder's objective: the variance's buffers and
+        parameter, its Adam moments (``objective.*``) and every step's variance and batch MSE
+        (``objective_history``); nothing for a Bernoulli decoder."""
+        if self.variance is None or not self.variance.gaussian:
+            return {}
+        out = {f"objective.{k}": v for k, v in self.variance.state_dict().items()}
+        out["objective_history"] = self.variance.history()
+        if self.variance_optimizer is not None:
+            for key, value in self.variance_optimizer.state_dict()["state"].get(0, {}).items():
+                out[f"objective.adam.{key}"] = torch.as_tensor(value)
+        return out
+
+    def load_objective_tensors(self, tensors: dict[str, torch.Tensor], where: str) -> None:
+        """Put back what :meth:`objective_tensors` stored (``tensors`` may hold other keys too)."""
+        if self.variance is None or not self.variance.gaussian:
+            return
+        own = {k[len("objective."):]: v for k, v in tensors.items()
+               if k.startswith("objective.") and not k.startswith("objective.adam.")}
+        if not own and self.variance.objective == "elbo":
+            return  # a fixed variance, checkpointed before vaescope kept the objective's record
+        if "objective_history" in tensors:
+            self.variance.restore_history(tensors["objective_history"])
+        try:
+            self.variance.load_state_dict(own)
+        except RuntimeError as err:
+            raise VaescopeError(f"the checkpoint in {where} lacks the state of loss.objective "
+                                f"{self.variance.objective!r} ({str(err).splitlines()[0]}); "
+                                "delete the checkpoints folder to start over") from err
+        adam = {k[len("objective.adam."):]: v for k, v in tensors.items() if k.startswith("objective.adam.")}
+        if self.variance_optimizer is not None and adam:
+            state = self.variance_optimizer.state_dict()
+            state["state"] = {0: dict(adam)}
+            self.variance_optimizer.load_state_dict(state)
 
 
 _INIT_LOCK = threading.Lock()  # seeding torch's global generator and drawing the initialisation: one thread at a time
@@ -93,8 +134,11 @@ def prepare_training(config: Config, image_shape: tuple[int, ...], device: torch
             torch.manual_seed(seed)  # the model's initialisation
             model = build_model(config.model, image_shape)
     model = model.to(device, memory_format=memory_format(model))
+    variance = DecoderVariance(config.loss).to(device)
+    variance_optimizer = make_optimizer(variance, config.train.lr) if list(variance.parameters()) else None
     return TrainingSetup(model, make_optimizer(model, config.train.lr),
-                         torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1))
+                         torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1),
+                         variance, variance_optimizer)
 
 
 # ---------------------------------------------------------------------------- the guard
@@ -193,11 +237,14 @@ def train_epoch(
     z_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     binarize: bool = False,
+    variance: DecoderVariance | None = None,
+    variance_optimizer: Optimizer | None = None,
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``x_train`` ``(N, C, H, W)`` in a random order; returns the new global step
     and the epoch's mean loss, reconstruction and KL (the regulariser when not sampling).
     ``binarize`` (``data.binarize = "dynamic"``): each batch is a fresh Bernoulli sample of its
-    grey levels, drawn with ``noise``.
+    grey levels, drawn with ``noise``. ``variance`` (and ``variance_optimizer`` when it is
+    learned): the Gaussian decoder's variance state, updated after every step.
 
     Raises :class:`NonFiniteLoss` at the first step whose loss or gradient is NaN or infinite,
     before Adam applies it: the weights stay finite.
@@ -208,6 +255,8 @@ def train_epoch(
     order = torch.randperm(n, generator=shuffle).to(device)
     layout = memory_format(model)
     totals = torch.zeros(3, dtype=torch.float64, device=device)
+    # a Gaussian decoder's variance state; a Bernoulli decoder's loss_terms call stays as it was
+    own_variance = {"variance": variance} if variance is not None and variance.gaussian else {}
     with NonFiniteGuard(model, optimizer, device, step) as guard:
         for start in range(0, n, batch_size):
             # index_select gathers rows ~10x faster than x[order[...]] (advanced indexing)
@@ -216,11 +265,15 @@ def train_epoch(
                 batch = binarize_dynamic(batch, noise)
             if layout is not torch.contiguous_format:
                 batch = batch.to(memory_format=layout)
-            terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook)
+            terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook, **own_variance)
             optimizer.zero_grad(set_to_none=True)
+            if variance_optimizer is not None:
+                variance_optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             guard.check(terms.total, step + 1)
             optimizer.step()
+            if own_variance:
+                step_variance(variance, variance_optimizer, terms.error, terms.variance, batch[0].numel())  # type: ignore[arg-type]
             step += 1
             guard.look(step, last=start + batch_size >= n)
             with torch.no_grad():
@@ -232,17 +285,31 @@ def train_epoch(
     return step, {"loss": means[0], "reconstruction": means[1], "kl": means[2]}
 
 
+def step_variance(variance: DecoderVariance, variance_optimizer: Optimizer | None, error: torch.Tensor | None,
+                  used: torch.Tensor | float | None, pixels: int) -> None:
+    """After the model's optimizer step on a batch of squared errors ``error`` ``(B,)`` (None: not
+    a Gaussian decoder) scored with variance ``used``: the learned variance's own Adam step, then
+    the running means of the squared error (:meth:`DecoderVariance.update`)."""
+    if variance_optimizer is not None:
+        variance_optimizer.step()
+    if error is not None and used is not None:
+        variance.update(error, pixels, used)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, loss: LossConfig, seed: int,
-             batch_size: int = 1000) -> dict[str, float]:
-    """Mean loss, reconstruction and KL over ``x``, with a fixed noise seed (comparable epochs)."""
+             batch_size: int = 1000, variance: DecoderVariance | None = None) -> dict[str, float]:
+    """Mean loss, reconstruction and KL over ``x``, with a fixed noise seed (comparable epochs);
+    a Gaussian decoder's variance from ``variance`` (its state now; "optimal-variance": each
+    batch's own)."""
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(seed)
     totals = torch.zeros(3, dtype=torch.float64, device=x.device)
     layout = memory_format(model)
+    own_variance = {"variance": variance} if variance is not None and variance.gaussian else {}
     for start in range(0, len(x), batch_size):
         batch = as_float(x[start : start + batch_size]).to(memory_format=layout)
-        terms = loss_terms(model, batch, loss, generator=generator)
+        terms = loss_terms(model, batch, loss, generator=generator, **own_variance)
         totals += torch.stack([terms.total * len(batch), terms.reconstruction.sum(),
                                terms.regularizer.sum()]).double()
     means = (totals / len(x)).tolist()

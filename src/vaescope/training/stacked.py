@@ -26,9 +26,16 @@ from torch import nn
 from vaescope.core.config import LossConfig
 from vaescope.data.batches import as_float
 from vaescope.models.networks import DenseVAE
-from vaescope.models.objectives import kl_per_variable, quadratic_penalty, reconstruction_error
+from vaescope.models.objectives import (
+    DecoderVariance,
+    gaussian_reconstruction,
+    kl_per_variable,
+    quadratic_penalty,
+    reconstruction_error,
+    squared_error,
+)
 from vaescope.training.adam import Optimizer
-from vaescope.training.engine import NonFiniteLoss, TrainingSetup, _flag_non_finite, make_optimizer
+from vaescope.training.engine import NonFiniteLoss, TrainingSetup, _flag_non_finite, make_optimizer, step_variance
 
 
 def can_stack(model: nn.Module) -> bool:
@@ -187,19 +194,29 @@ def unstack_optimizer_state(stacked: Optimizer, stack: StackedDenseVAE,
 @dataclass
 class StackedTerms:
     """The M models' objectives on one batch each: ``totals`` ``(M,)`` (what each minimises),
-    ``reconstruction`` ``(M, B)``, ``regularizer`` ``(M, B, D)``."""
+    ``reconstruction`` ``(M, B)``, ``regularizer`` ``(M, B, D)``; for a Gaussian decoder with
+    ``variances``, the squared errors ``(M, B)`` and each model's variance (a list of M)."""
 
     totals: torch.Tensor
     reconstruction: torch.Tensor
     regularizer: torch.Tensor
+    error: torch.Tensor | None = None
+    variance: list[torch.Tensor | float] | None = None
+
+    def select(self, keep: list[int]) -> StackedTerms:
+        return StackedTerms(self.totals[keep], self.reconstruction[keep], self.regularizer[keep],
+                            None if self.error is None else self.error[keep],
+                            None if self.variance is None else [self.variance[j] for j in keep])
 
 
 def stacked_loss_terms(stack: StackedDenseVAE, x: torch.Tensor, losses: Sequence[LossConfig],
-                       noises: Sequence[torch.Generator]) -> StackedTerms:
+                       noises: Sequence[torch.Generator],
+                       variances: Sequence[DecoderVariance] | None = None) -> StackedTerms:
     """Negative ELBO of each model's batch ``x`` ``(M, B, C, H, W)``, as
     :func:`vaescope.models.objectives.loss_terms` computes it for one model: model i samples its
     reparameterisation noise from ``noises[i]`` (when ``losses[i].sampling``) and weighs the
-    regulariser by ``losses[i].beta``. One reconstruction kind for all (``losses[0]``)."""
+    regulariser by ``losses[i].beta``. One reconstruction kind for all (``losses[0]``); a Gaussian
+    decoder scores model i with ``variances[i]`` (its state: ``loss.objective``)."""
     m, b = x.shape[:2]
     mu, logvar = stack.encode(x)
 
@@ -218,11 +235,18 @@ def stacked_loss_terms(stack: StackedDenseVAE, x: torch.Tensor, losses: Sequence
         regularizer = torch.stack([kl_per_variable(mu[i], logvar[i]) if sampling[i] else quadratic_penalty(mu[i])
                                    for i in range(m)])
     logits = stack.decode(z)
-    reconstruction = reconstruction_error(logits.reshape(m * b, -1), x.reshape(m * b, -1),
-                                          losses[0].reconstruction).view(m, b)
+    error = used = None
+    if losses[0].reconstruction == "gaussian" and variances is not None:
+        pixels = math.prod(x.shape[2:])
+        error = squared_error(logits.reshape(m * b, -1), x.reshape(m * b, -1)).view(m, b)
+        used = [variances[i].variance(error[i], pixels) for i in range(m)]
+        reconstruction = torch.stack([gaussian_reconstruction(error[i], used[i], pixels) for i in range(m)])
+    else:
+        reconstruction = reconstruction_error(logits.reshape(m * b, -1), x.reshape(m * b, -1),
+                                              losses[0].reconstruction).view(m, b)
     betas = torch.tensor([loss.beta for loss in losses], dtype=mu.dtype, device=mu.device)
     totals = reconstruction.mean(1) + betas * regularizer.sum(2).mean(1)
-    return StackedTerms(totals, reconstruction, regularizer)
+    return StackedTerms(totals, reconstruction, regularizer, error, used)
 
 
 @torch.no_grad()
@@ -269,6 +293,7 @@ def stacked_epoch(
     means: list[dict[str, float]] = [{} for _ in setups]
     diverged: dict[int, NonFiniteLoss] = {}
     flag, one = torch.zeros((), device=device), torch.ones((), device=device)
+    gaussian = losses[0].reconstruction == "gaussian" and all(setups[i].variance is not None for i in alive)
     for start in range(0, n, batch_size):
         rows = orders[:, start : start + batch_size]
         m, b = rows.shape
@@ -276,8 +301,12 @@ def stacked_epoch(
         noises = [setups[i].noise for i in alive]
         if binarize:  # engine.train_epoch's draw, model by model
             batch = torch.stack([torch.bernoulli(batch[j], generator=noises[j]) for j in range(m)])
-        terms = stacked_loss_terms(stack, batch, [losses[i] for i in alive], noises)
+        own_variances = {"variances": [setups[i].variance for i in alive]} if gaussian else {}
+        terms = stacked_loss_terms(stack, batch, [losses[i] for i in alive], noises, **own_variances)
         optimizer.zero_grad(set_to_none=True)
+        for i in alive:
+            if setups[i].variance_optimizer is not None:
+                setups[i].variance_optimizer.zero_grad(set_to_none=True)
         total = terms.totals.sum()  # disjoint parameters: each model gets its own loss's gradient
         total.backward()
         _flag_non_finite(list(stack.parameters()), total, flag, one)  # one cheap look at all models
@@ -296,9 +325,14 @@ def stacked_epoch(
             optimizer = make_optimizer(stack, lr)
             stack_optimizer_state([setups[i].optimizer for i in alive], [setups[i].model for i in alive],
                                   optimizer, stack)
-            terms = StackedTerms(terms.totals[keep], terms.reconstruction[keep], terms.regularizer[keep])
+            terms = terms.select(keep)
             flag.zero_()
         optimizer.step()
+        if terms.error is not None:
+            pixels = math.prod(image_shape)
+            for j, i in enumerate(alive):
+                step_variance(setups[i].variance, setups[i].variance_optimizer,  # type: ignore[arg-type]
+                              terms.error[j], terms.variance[j], pixels)  # type: ignore[index]
         step += 1
         with torch.no_grad():
             part = torch.stack([terms.totals, terms.reconstruction.mean(1), terms.regularizer.sum(2).mean(1)], 1)

@@ -43,6 +43,7 @@ from vaescope.runs.checkpoint import (
 )
 from vaescope.runs.files import CONFIG_FILE, Trace, resolve_run_config, write_progress
 from vaescope.runs.manifest import verify_run, write_manifest
+from vaescope.runs.variance import write_record
 from vaescope.training.engine import (
     EVAL_SEED_OFFSET,
     NonFiniteLoss,
@@ -176,6 +177,7 @@ def start_run(out: Path, config: Config, setup: TrainingSetup, subset: torch.Ten
             raise VaescopeError(f"the checkpoint in {out} does not fit the model: {str(err).splitlines()[0]}; "
                                 "resume with the model the run was started with") from err
         setup.optimizer.load_state_dict(ckpt.optimizer_state)
+        setup.load_objective_tensors(ckpt.extra, str(out))
         for name, generator in setup.generators.items():
             generator.set_state(ckpt.generator_states[name])
         state.metrics, state.timing = ckpt.meta["metrics"], ckpt.meta.get("timing", [])
@@ -196,7 +198,8 @@ def end_epoch(state: RunState, tensors: RunTensors, train_means: dict[str, float
     t_cfg = config.train
     state.epoch += 1
     epoch = state.epoch
-    test_means = evaluate(model, tensors.x_test, config.loss, seed=t_cfg.seed + EVAL_SEED_OFFSET)
+    test_means = evaluate(model, tensors.x_test, config.loss, seed=t_cfg.seed + EVAL_SEED_OFFSET,
+                          variance=state.setup.variance)
     end_stats = latent_statistics(model, tensors.subset, batch_size=len(tensors.subset), thresholds=config.stats)
     row: dict[str, Any] = {"epoch": epoch, "step": state.step}
     row.update({f"train_{k}": v for k, v in train_means.items()})
@@ -208,8 +211,12 @@ def end_epoch(state: RunState, tensors: RunTensors, train_means: dict[str, float
              name, epoch, t_cfg.epochs, seconds, train_means["loss"], test_means["loss"],
              test_means["reconstruction"], test_means["kl"], end_stats.inactive_count, end_stats.latent_dim)
     write_progress(state.out, state.metrics, state.trace, state.timing)
+    objective = state.setup.objective_tensors()
+    if objective:  # a Gaussian decoder: its variance at every step (objective.csv)
+        write_record(state.out, objective["objective_history"], math.ceil(len(tensors.x_train) / t_cfg.batch_size))
     if epoch % t_cfg.checkpoint_every == 0 or epoch == t_cfg.epochs:
-        save_checkpoint(state.out, model, state.setup.optimizer, state.setup.generators, state.trace.to_tensors(),
+        save_checkpoint(state.out, model, state.setup.optimizer, state.setup.generators,
+                        {**state.trace.to_tensors(), **objective},
                         {"epoch": epoch, "step": state.step, "metrics": state.metrics, "timing": state.timing,
                          "config": config.to_dict()})
 
@@ -220,7 +227,9 @@ def finish_run(state: RunState, image_shape: tuple[int, ...], finished_before: b
     state.setup.model.eval()
     if finished_before:  # nothing trained in this call: the per-epoch files again, from the checkpoint
         write_progress(state.out, state.metrics, state.trace, state.timing)
-    save_weights(state.out / WEIGHTS_FILE, state.setup.model, state.config, image_shape)
+    variance = state.setup.variance
+    save_weights(state.out / WEIGHTS_FILE, state.setup.model, state.config, image_shape,
+                 variance.current() if variance is not None and variance.gaussian else None)
     write_manifest(state.out)  # last: it vouches for the files above
     return state.result()
 
@@ -271,7 +280,8 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
             try:
                 state.step, train_means = train_epoch(
                     model, setup.optimizer, tensors.x_train, config.loss, t_cfg.batch_size, setup.shuffle,
-                    setup.noise, state.step, on_step=on_step, binarize=config.data.binarize == "dynamic")
+                    setup.noise, state.step, on_step=on_step, binarize=config.data.binarize == "dynamic",
+                    variance=setup.variance, variance_optimizer=setup.variance_optimizer)
             except NonFiniteLoss as fault:
                 raise divergence(out, state.epoch + 1, fault) from None
             end_epoch(state, tensors, train_means, time.perf_counter() - started,
