@@ -482,41 +482,52 @@ def test_a_pid_alone_does_not_hold_the_lock(tmp_path):
         pass
 
 
-def test_many_threads_never_hold_the_lock_together(tmp_path, monkeypatch):
-    """Open-then-flock races with unlink-on-release (a late opener locks the dead inode); the
-    inode check keeps the lock exclusive. A slowed flock widens the window so that, without the
-    check, this test sees overlaps in most runs."""
+def test_a_late_opener_does_not_lock_the_dead_inode(tmp_path, monkeypatch):
+    """Open-then-flock races with unlink-on-release: a process that opened ``.lock`` just before
+    the holder released it (unlinking the file) then flocks the dead inode, which nobody holds, while
+    a third party locks the new file. Played in that exact order with events: the late opener must
+    see that its inode is no longer the file's and be refused by the new holder."""
     import fcntl
     import threading
 
     from vaescope.core import storage
 
-    class SlowFlock:
+    opened, go = threading.Event(), threading.Event()
+    late: dict[str, object] = {}
+
+    class PausedFlock:
         LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
 
         @staticmethod
         def flock(fd: int, operation: int) -> None:
-            time.sleep(0.0005)
+            if threading.current_thread().name == "late" and not opened.is_set():
+                late["inode"] = os.fstat(fd).st_ino
+                opened.set()  # it has opened the first holder's file ...
+                assert go.wait(10)  # ... and flocks only once that file is gone and a new one is held
             fcntl.flock(fd, operation)
 
-    monkeypatch.setattr(storage, "fcntl", SlowFlock)
-    holders, overlaps, wins = [], [], []
+    monkeypatch.setattr(storage, "fcntl", PausedFlock)
 
-    def worker() -> None:
-        for _ in range(100):
-            with contextlib.suppress(VaescopeError), directory_lock(tmp_path):
-                holders.append(1)
-                time.sleep(0.0002)
-                overlaps.extend([1] if len(holders) > 1 else [])
-                wins.append(1)
-                holders.pop()
+    def late_opener() -> None:
+        try:
+            with directory_lock(tmp_path):
+                late["held"] = True
+        except VaescopeError as err:
+            late["refused"] = str(err)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
+    thread = threading.Thread(target=late_opener, name="late")
+    with directory_lock(tmp_path):
+        first_inode = (tmp_path / ".lock").stat().st_ino
         thread.start()
-    for thread in threads:
-        thread.join()
-    assert not overlaps and len(wins) >= 20
+        assert opened.wait(10)
+    assert not (tmp_path / ".lock").exists()  # released: unlinked while held
+    with directory_lock(tmp_path):
+        assert late["inode"] == first_inode  # the late opener holds a descriptor of the dead file
+        go.set()
+        thread.join(10)
+        assert "held" not in late
+        assert late["refused"].endswith(f"in use by process {os.getpid()}; "
+                                        "wait for it to finish or choose another --out")
     assert not (tmp_path / ".lock").exists()
 
 

@@ -2,7 +2,7 @@
 
 
 import threading
-import time
+import types
 
 import numpy as np
 import pytest
@@ -322,6 +322,12 @@ def test_an_interrupt_in_one_thread_stops_the_others_and_each_run_resumes(tmp_pa
                                                                           monkeypatch, group_runs):
     real_save = train_mod.save_checkpoint
     interrupted = threading.Event()
+    stops: list[threading.Event] = []
+
+    class StopEvent(threading.Event):  # train_many's own stop signal, seen by the test
+        def __init__(self) -> None:
+            super().__init__()
+            stops.append(self)
 
     def interrupted_in_run1(out, *args, **kwargs):
         path = real_save(out, *args, **kwargs)
@@ -329,10 +335,11 @@ def test_an_interrupt_in_one_thread_stops_the_others_and_each_run_resumes(tmp_pa
             interrupted.set()
             raise KeyboardInterrupt  # as Ctrl-C, in the thread training run1, after its epoch-1 checkpoint
         if out.name == "run0" and not interrupted.is_set():
-            interrupted.wait(10)  # the other thread goes on only once run1 has failed
-            time.sleep(0.2)  # ... and train_many has seen it
+            assert interrupted.wait(10)  # the other thread goes on only once run1 has failed ...
+            assert stops[0].wait(10)  # ... and train_many has told the threads to stop
         return path
 
+    monkeypatch.setattr(multi_mod, "threading", types.SimpleNamespace(Event=StopEvent))
     monkeypatch.setattr(train_mod, "save_checkpoint", interrupted_in_run1)
     outs = [tmp_path / f"run{i}" for i in range(3)]
     with pytest.raises(KeyboardInterrupt):

@@ -216,7 +216,13 @@ def test_no_code_path_loads_pickles_or_evaluates_text():
 
 
 # The modules that read files a user hands to vaescope (data, configs, run files, manifests).
-READERS = ("data.py", "readers.py", "mnist.py", "storage.py", "config.py", "manifest.py")
+READERS = ("data/dataset.py", "data/readers.py", "data/mnist.py", "core/storage.py", "core/config.py",
+           "runs/manifest.py")
+
+
+def test_the_reader_modules_named_exist():
+    """The list above names files by path: after a move it must not silently check nothing."""
+    assert [name for name in READERS if not (SRC / name).is_file()] == []
 
 
 def test_every_read_of_a_user_file_is_bounded():

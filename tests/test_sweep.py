@@ -186,30 +186,32 @@ def sweep_command(npz: Path, out: Path, epochs: int) -> list[str]:
             "--out", str(out), "--quiet"]
 
 
-def latest_epoch(run_dir: Path) -> int:
-    try:
-        return json.loads((run_dir / "checkpoints" / "latest.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return 0
+FAULT_SITE = Path(__file__).with_name("faultsite")  # its sitecustomize arms VAESCOPE_TEST_FAULT
 
 
 @pytest.mark.slow
 def test_a_killed_sweep_finishes_with_the_weights_of_an_uninterrupted_one(tmp_path, tiny_npz):
+    """Killed (SIGKILL to the sweep and its workers) right after the 4th epoch's checkpoint of
+    ``latent_dim2-seed0`` is in place, in the worker process that trains it."""
     epochs = 12
-    killed = tmp_path / "killed"
+    killed, marker = tmp_path / "killed", tmp_path / "marker"
+    first = killed / "runs" / "latent_dim2-seed0"
+    env = dict(os.environ, VAESCOPE_TEST_FAULT=f"latest.json|{first.name}|4|{marker}",
+               PYTHONPATH=os.pathsep.join([str(FAULT_SITE), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "vaescope.cli", *sweep_command(tiny_npz, killed, epochs)]
     with open(tmp_path / "child.log", "w") as child_log:
-        child = subprocess.Popen(command, stdout=child_log, stderr=subprocess.STDOUT, start_new_session=True)
-    first = killed / "runs" / "latent_dim2-seed0"
+        child = subprocess.Popen(command, stdout=child_log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env=env)
     deadline = time.monotonic() + 180
     try:
-        while not 2 <= latest_epoch(first) <= epochs - 4:  # in the middle of its training
+        while not marker.exists():
             assert child.poll() is None, (tmp_path / "child.log").read_text()
-            assert time.monotonic() < deadline, "the sweep never started training"
-            time.sleep(0.005)
+            assert time.monotonic() < deadline, "the sweep never reached its fault point"
+            time.sleep(0.02)
     finally:
         os.killpg(child.pid, signal.SIGKILL)  # the sweep and its workers, as a closed terminal would
         child.wait()
+    assert load_checkpoint(first).meta["epoch"] == 4
     interrupted = [d for d in (killed / "runs").iterdir() if not (d / "model.safetensors").exists()]
     assert first in interrupted
     result = CliRunner().invoke(cli, sweep_command(tiny_npz, killed, epochs))

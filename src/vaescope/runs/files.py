@@ -29,14 +29,10 @@ import numpy as np
 import torch
 
 from vaescope.core import config as config_mod
-from vaescope.runs.checkpoint import WEIGHTS_FILE, Run, has_checkpoint, load_run
-from vaescope.core.config import Config, StatsConfig
-from vaescope.data.dataset import Dataset, split_images
-from vaescope.data.sources import load_dataset
-from vaescope.core.device import cpu_settings, select_device
+from vaescope.core.config import Config
 from vaescope.core.errors import VaescopeError
-
-from vaescope.core.storage import atomic_write_json, atomic_write_text, read_json
+from vaescope.core.storage import atomic_write_text, read_json
+from vaescope.runs.checkpoint import WEIGHTS_FILE, has_checkpoint
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"

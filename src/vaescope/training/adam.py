@@ -6,7 +6,7 @@ same ``state_dict`` layout, so the weights after any number of steps are bit for
 ``torch.optim.Adam(fused=True)`` and checkpoints written by either load into the other.
 
 Why not ``torch.optim.Adam`` itself: its first call imports ``torch._dynamo`` (1.1 s on the
-2-core machine the README's figures come from, a tenth of a 3-epoch ``vaescope train``) and each
+2-core machine the documentation's figures come from, a tenth of a 3-epoch ``vaescope train``) and each
 ``step`` spends ~0.1 ms of Python on grouping and hooks around the ~0.14 ms kernel of dense16.
 :func:`vaescope.training.engine.make_optimizer` falls back to ``torch.optim.Adam`` where the kernel is
 missing or the parameters are not all float tensors on one CPU or CUDA device.

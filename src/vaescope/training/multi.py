@@ -173,7 +173,7 @@ def default_workers(configs: Sequence[Config]) -> int:
     models each train ~1.1x faster than six stacked models on two intra-op threads; two conv16
     models in two threads train about as fast as one after the other on two intra-op threads (in
     channels-last; 1.2x faster before); on a busy machine the threads gain far more (intra-op
-    threads wait on each other; see the README)."""
+    threads wait on each other; see the performance page of the documentation)."""
     if not configs or select_device(configs[0].train.device).type != "cpu":
         return 1
     cores = configs[0].train.threads or os.cpu_count() or 1
