@@ -289,3 +289,60 @@ def test_a_group_trains_its_seeds_together_and_reports_each_run(tiny_config, tmp
             torch.testing.assert_close(value, reference[key], rtol=1e-5, atol=1e-6)
         assert row["test_loss"] == pytest.approx(read_metrics(alone)[-1]["test_loss"], rel=1e-5)
     assert [r["status"] for r in run_group(specs[:2], bundle)] == ["reused", "reused"]
+
+
+def markdown_section(text: str, anchor: str) -> str:
+    """The body of the section ``<a id="anchor">`` of a report.md, up to the next section."""
+    start = text.index(f'<a id="{anchor}"></a>')
+    end = text.find("<a id=", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def markdown_rows(section: str) -> list[list[str]]:
+    """The cells of every body row of the tables in ``section``, bold marks removed."""
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    rows = [[cell.strip().strip("*") for cell in line.strip("|").split("|")] for line in lines]
+    return [row for row in rows if not set("".join(row)) <= set("- ")][1:]  # skip the header and --- lines
+
+
+def test_every_word_of_the_sweep_report_comes_from_sweep_json(local_sweep):
+    """Each number and name of report.md's intro, intrinsic-dimension, active and run tables is
+    read back and compared with sweep.json: the report describes its own results."""
+    cfg, out, _ = local_sweep
+    saved = json.loads((out / "sweep.json").read_text())
+    text = (out / "report.md").read_text()
+    rows = {r["run"]: r for r in saved["rows"]}
+
+    intro = text.split("\n\n")[1]
+    assert f"Config `{saved['config']['name']}` on data `{saved['config']['data']['source']}`" in intro
+    assert f"{saved['config']['train']['epochs']} epochs" in intro
+    assert f"seeds {', '.join(map(str, saved['seeds']))}: {len(saved['rows'])} runs" in intro
+    assert "`model.latent_dim` = " + ", ".join(map(str, saved["grid"]["model.latent_dim"])) in intro
+
+    table = markdown_rows(markdown_section(text, "runs"))
+    assert [cells[0] for cells in table] == list(rows)
+    for name, size, seed, status, active, loss, reconstruction, law, _time in table:
+        row = rows[name]
+        assert (int(size), int(seed), status) == (row["model.latent_dim"], row["seed"], row["status"])
+        assert active == f"{row['active_mu_variance']}/{row['active_sigma2']}/{row['active_kl']}"
+        assert float(loss) == pytest.approx(row["test_loss"], abs=0.005)
+        assert float(reconstruction) == pytest.approx(row["test_reconstruction"], abs=0.005)
+        assert float(law) == pytest.approx(row["variance_law_max_abs_dev"], abs=0.0005)
+
+    readings = saved["intrinsic_dimension"][0]
+    intrinsic = markdown_rows(markdown_section(text, "intrinsic"))
+    assert len(intrinsic) == 3
+    for cells, key in zip(intrinsic, ("mu_variance", "sigma2", "kl"), strict=True):
+        reading = readings[key]
+        assert cells[2] == f"{reading['value']:g}" and cells[4] == reading["reason"]
+        assert cells[3] == ", ".join(f"{s}: {m:g}" for s, m in zip(reading["latent_sizes"], reading["median_active"],
+                                                                       strict=True))
+
+    active = markdown_rows(markdown_section(text, "active"))
+    for cells in active:
+        size = int(cells[1])
+        runs = sorted((r for r in saved["rows"] if r["model.latent_dim"] == size), key=lambda r: r["seed"])
+        assert cells[2] == ", ".join(f"{r['active_mu_variance']} (seed {r['seed']})" for r in runs)
+        assert float(cells[3]) == np.median([r["active_mu_variance"] for r in runs])
+        assert cells[5] == ", ".join(str(r["in_between"]) for r in runs)
+    assert sorted(int(cells[1]) for cells in active) == saved["grid"]["model.latent_dim"]
