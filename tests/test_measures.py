@@ -15,10 +15,10 @@ from torch.distributions import Bernoulli, MultivariateNormal, Normal
 from vaescope.core import config as config_mod
 from vaescope.core.errors import VaescopeError
 from vaescope.data.dataset import BINARIZE_SEEDS, binarize_dynamic, binarize_static, split_images
+from vaescope.measures.bound import importance_weighted_bound
 from vaescope.measures.information import (
     _log_mixture_ratio_joint,
     _log_mixture_ratio_per_variable,
-    importance_weighted_bound,
     mutual_information,
 )
 
@@ -145,7 +145,7 @@ def test_mutual_information_refuses_bad_input() -> None:
     model = GaussianCode(torch.zeros(2))
     with pytest.raises(VaescopeError, match="samples"):
         mutual_information(model, torch.zeros(4, 1, 1, 2), samples=0)
-    with pytest.raises(VaescopeError, match="at least one image"):
+    with pytest.raises(VaescopeError, match="at least one row of data"):
         mutual_information(model, torch.zeros(0, 1, 1, 2))
 
 

@@ -194,7 +194,7 @@ def test_bad_probes_and_options_are_one_line_at_construction(tmp_path, probe):
     with pytest.raises(VaescopeError, match=r"probe of shape \(10, 1, 5, 5\) does not fit DenseVAE") as err:
         LatentMonitor(model, torch.zeros(10, 1, 5, 5))
     assert "\n" not in str(err.value)
-    with pytest.raises(VaescopeError, match="at least 2 images"):
+    with pytest.raises(VaescopeError, match="at least 2 examples"):
         LatentMonitor(model, torch.zeros(1, 1, 4, 4))
     with pytest.raises(VaescopeError, match="every=0"):
         LatentMonitor(model, probe, every=0)

@@ -27,7 +27,7 @@ __all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "Run", "Vae
            "mutual_information", "sweep"]
 
 _LAZY = {"LatentMonitor": "integrations.monitor", "inspect": "inspection",  # these import matplotlib / the run files
-         "mutual_information": "measures.information", "importance_weighted_bound": "measures.information",
+         "mutual_information": "measures.information", "importance_weighted_bound": "measures.bound",
          "criteria_table": "measures.criteria"}
 
 

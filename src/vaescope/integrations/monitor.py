@@ -12,8 +12,11 @@ variance law and the verdict) and writes, into ``log_dir``:
   ``latent/mu_variance/07``, ``latent/sigma2_mean/07``, ``latent/kl/07``) and histograms across
   variables, through ``torch.utils.tensorboard`` (``pip install "vaescope[tensorboard]"``).
 
-The measurement runs under ``torch.no_grad()`` in eval mode and puts back the train/eval mode of
-every submodule as it found it; gradients, weights and BatchNorm statistics are left as they were.
+The measurement runs under :func:`vaescope.models.isolation.untouched` (through ``latent_statistics``):
+every submodule in eval mode and put back exactly as it was, no gradient, the global random states
+unchanged; gradients, weights and BatchNorm statistics are left as they were, so a monitored training
+takes the same steps as an unmonitored one. :meth:`LatentMonitor.summary` ends with what the last
+record means (:func:`vaescope.measures.lesson.lesson`).
 NaN or Inf from the encoder is a logged warning and a ``nan`` event, not an exception, unless
 ``on_nan="raise"``.
 """
@@ -33,8 +36,12 @@ import torch
 from vaescope.core.config import StatsConfig
 from vaescope.core.errors import VaescopeError
 from vaescope.core.storage import atomic_write_text
+from vaescope.data.batches import BatchKey, InputFn, take
+from vaescope.measures.lesson import Lesson, lesson
+from vaescope.measures.reading import floating_dtype
 from vaescope.measures.statistics import LatentStatistics, latent_statistics
 from vaescope.models.adapters import LatentModelAdapter, as_latent_model, variable_position
+from vaescope.models.isolation import untouched
 from vaescope.runs.files import TRACE_FILE, Trace, rows_to_csv
 
 logger = logging.getLogger(__name__)
@@ -82,9 +89,12 @@ def _tensorboard_available() -> bool:
 class LatentMonitor:
     """Watch every latent variable of ``model`` while it trains.
 
-    ``model``: anything :func:`vaescope.as_latent_model` accepts. ``probe``: a fixed batch of
-    images ``(N, C, H, W)`` (uint8 or float in [0, 1], N >= 2; a few hundred to 1,000 held-out
-    images), kept by the monitor as float32 on the model's device. ``every``: steps between records.
+    ``model``: anything :func:`vaescope.as_latent_model` accepts. ``probe``: a fixed set of held-out
+    examples (N >= 2; a few hundred to 1,000), shaped as the model's input: images ``(N, C, H, W)``
+    (uint8 = value / 255), vectors ``(N, D)``, token ids ``(N, T)``, counts; or a DataLoader / any
+    iterable of batches (read once, ``batch_key=`` and ``input_fn=`` as in
+    :func:`vaescope.data.batches.iter_batches`; at most ``probe_size`` rows). The monitor keeps them on
+    the model's device (floats in the model's dtype, integers as they are). ``every``: steps between records.
     ``log_dir``: where ``trace.csv``, ``events.csv`` and TensorBoard files go (None: keep everything
     in memory, :attr:`trace` and :attr:`events`). ``tensorboard``: True requires it, None uses it
     when installed, False never; ``writer`` a ``SummaryWriter`` to log through instead of one of
@@ -93,11 +103,12 @@ class LatentMonitor:
     ``steps_per_epoch``: to fill the trace's epoch column (else ``epoch`` given to :meth:`step`).
     """
 
-    def __init__(self, model: Any, probe: np.ndarray | torch.Tensor, every: int = DEFAULT_EVERY,
+    def __init__(self, model: Any, probe: Any, every: int = DEFAULT_EVERY,
                  log_dir: str | Path | None = None, tensorboard: bool | None = None, *,
                  thresholds: StatsConfig | None = None, on_nan: Literal["warn", "raise"] = "warn",
                  writer: Any = None, histograms: bool = True, patience: int = 1,
-                 steps_per_epoch: int | None = None, overwrite: bool = False) -> None:
+                 steps_per_epoch: int | None = None, overwrite: bool = False, batch_key: BatchKey = None,
+                 input_fn: InputFn | None = None, probe_size: int | None = None) -> None:
         if not isinstance(every, int) or every < 1:
             raise VaescopeError(f"LatentMonitor every={every!r}; give a positive number of steps")
         if on_nan not in ("warn", "raise"):
@@ -114,7 +125,7 @@ class LatentMonitor:
         self.trace = Trace()
         self.events: list[LatentEvent] = []
         self.latest: LatentStatistics | None = None
-        self._probe = self._check_probe(probe)
+        self._probe = self._check_probe(probe, batch_key, input_fn, probe_size)
         self._verdict: np.ndarray | None = None
         self._streak: np.ndarray | None = None
         self._last_step: int | None = None
@@ -132,25 +143,26 @@ class LatentMonitor:
 
     # ------------------------------------------------------------------------ set-up
 
-    def _check_probe(self, probe: Any) -> torch.Tensor:
+    def _check_probe(self, probe: Any, batch_key: BatchKey, input_fn: InputFn | None,
+                     probe_size: int | None) -> torch.Tensor:
         try:
-            x = torch.as_tensor(probe).detach()
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise VaescopeError(f"LatentMonitor probe is {type(probe).__name__}; give images as an array or tensor "
-                                "(N, C, H, W)") from err
-        if x.ndim < 2 or len(x) < 2:
-            raise VaescopeError(f"LatentMonitor probe has shape {tuple(x.shape)}; give at least 2 images shaped like "
-                                "a training batch, (N, C, H, W)")
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float().clone()
-        x = x.to(self.model.device)
-        try:  # two images through the encoder: a wrong shape is one clear line now, not at step N
+            with untouched(self.model):  # reading a DataLoader draws its seed from torch's generator
+                x = take(probe, probe_size, batch_key=batch_key, input_fn=input_fn, device=self.model.device,
+                         dtype=floating_dtype(self.model))
+        except VaescopeError as err:
+            raise VaescopeError(f"LatentMonitor probe: {err}") from err
+        x = x.detach().clone()  # the monitor's own copy: the caller's array may change
+        if len(x) < 2:
+            raise VaescopeError(f"LatentMonitor probe has shape {tuple(x.shape)}; give at least 2 examples shaped "
+                                "like a training batch, e.g. (N, C, H, W) images or (N, D) vectors")
+        try:  # two examples through the encoder: a wrong shape is one clear line now, not at step N
             self._measure(x[:2])
-        except VaescopeError:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise VaescopeError(f"LatentMonitor probe of shape {tuple(x.shape)} does not fit {self.model.kind} "
-                                f"({first}); give images shaped like one training batch") from err
+        except VaescopeError as err:
+            cause = err.__cause__ if err.__cause__ is not None else err
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+            raise VaescopeError(f"LatentMonitor probe of shape {tuple(x.shape)} does not fit {self.model.kind} ({first}; "
+                                f"the probe is {str(x.dtype).removeprefix('torch.')}); give examples shaped like one training "
+                                "batch, or pass batch_key= / input_fn= to select or build them") from err
         return x
 
     def _prepare_dir(self, log_dir: Path, overwrite: bool) -> None:
@@ -165,10 +177,8 @@ class LatentMonitor:
     # ------------------------------------------------------------------------ measuring
 
     def _measure(self, x: torch.Tensor) -> LatentStatistics:
-        """Statistics of ``x`` in eval mode, every submodule's mode put back as it was."""
-        with self.model.evaluating():
-            return latent_statistics(self.model, x, batch_size=len(x), thresholds=self.thresholds,
-                                     device=x.device)
+        """Statistics of ``x``, under ``untouched`` (in ``latent_statistics``)."""
+        return latent_statistics(self.model, x, batch_size=len(x), thresholds=self.thresholds, device=x.device)
 
     def step(self, global_step: int, epoch: float | None = None) -> LatentStatistics | None:
         """Call once per training step; records when ``global_step`` is a multiple of ``every``
@@ -250,6 +260,28 @@ class LatentMonitor:
             w.add_histogram("latent/hist/log10_mu_variance", np.log10(np.maximum(stats.mu_variance, 1e-12)), step)
             w.add_histogram("latent/hist/sigma2_mean", stats.sigma2_mean, step)
             w.add_histogram("latent/hist/kl", stats.kl_mean, step)
+
+    # ------------------------------------------------------------------------ summary
+
+    def lesson(self, beta: float | None = None, warmup: float | None = None) -> Lesson | None:
+        """What the last record means (:func:`vaescope.measures.lesson.lesson`; ``beta`` the KL weight
+        and ``warmup`` the fraction of a KL warm-up done, when the training has them); None before any."""
+        return None if self.latest is None else lesson(self.latest, beta=beta, warmup=warmup)
+
+    def summary(self, beta: float | None = None, warmup: float | None = None) -> str:
+        """The monitor in a few lines: records, the last active count, the events, and the lesson."""
+        if self.latest is None:
+            return "vaescope monitor: nothing recorded yet"
+        stats = self.latest
+        counts = {kind: sum(e.event == kind for e in self.events) for kind in ("collapse", "revival", "nan")}
+        lines = [f"vaescope monitor: {len(self.trace.steps)} records up to step {self.trace.steps[-1]} on a probe of "
+                 f"{stats.n} examples; {int(stats.active.sum())} of {stats.latent_dim} variables active at the last "
+                 f"(Var(mu) >= {self.thresholds.mu_variance_threshold:g}); {counts['collapse']} collapse(s), "
+                 f"{counts['revival']} revival(s), {counts['nan']} NaN record(s)"]
+        learned = self.lesson(beta, warmup)
+        assert learned is not None
+        lines.append(learned.text())
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------------ files
 

@@ -1,4 +1,4 @@
-"""Information measures of a VAE's code: the mutual information I(x; z) and the importance-weighted bound.
+"""Information measures of a VAE's code: the mutual information I(x; z) and I(x; z_j).
 
 **Mutual information** (He et al. 2019, "Lagging Inference Networks and Posterior Collapse in
 Variational Autoencoders", section 4): with the aggregate posterior q(z) = (1/N) sum_n q(z|x_n),
@@ -12,21 +12,18 @@ the estimate can never exceed **log N** (9.21 nats for 10,000 images), whatever 
 Per variable, I(x; z_j) uses the one-dimensional marginals q(z_j|x) and q(z_j) the same way.
 The mixture is summed in blocks (memory set by ``block_elements``, never N x N at once).
 
-**Importance-weighted bound** (Burda et al. 2016, "Importance Weighted Autoencoders", eq. 8):
+**Large data.** Above ``max_points`` points (10,000 by default) the estimate is made on a random
+subsample of M = ``max_points`` of them (drawn from a generator seeded with ``seed``), with its
+standard error and its ceiling log M; the result says so (``subsample`` in ``to_dict``).
 
-    log p(x) >= E [ log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) ],  z_k ~ q(z|x),
-
-with the decoder's likelihood :func:`vaescope.models.objectives.log_likelihood`. One pool of
-max(K) codes per image serves every K: it is cut into max(K) // K disjoint groups of K, and the
-bound for K is the mean over groups and images. K = 1 is the Monte Carlo ELBO of the same codes.
+The importance-weighted bound is in :mod:`vaescope.measures.bound`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,27 +31,24 @@ import numpy as np
 import torch
 
 from vaescope.core.errors import VaescopeError
-from vaescope.data.batches import as_float
+from vaescope.data.batches import BatchKey, DataSource, InputFn, count_rows
+from vaescope.measures.reading import encode, gaussian_log_density, model_batches
 from vaescope.models.adapters import LatentModelAdapter, as_latent_model
-from vaescope.models.objectives import log_likelihood
+from vaescope.models.isolation import untouched
 
 LOG_2PI = math.log(2.0 * math.pi)
 # exp() of arguments below these takes a slow path (~10x) and gives subnormal numbers or 0:
 # arguments are clamped here first, each clamped term adding at most e^floor to a sum.
 EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
 # Work per step, by device: on a CPU, blocks that stay in cache; on an accelerator, large blocks
-# (few kernel launches). BLOCK: pairwise densities of the mixture; ROWS: codes decoded at once.
+# (few kernel launches): pairwise densities of the mixture.
 BLOCK_ELEMENTS = {"cpu": 2**18, "accelerator": 2**24}
-IWAE_ROWS = {"cpu": 2048, "accelerator": 2**16}
+# Above this many points the mixture (O(N^2) pairs) is estimated on a random subsample of this size.
+MAX_POINTS = 10_000
 
 
 def _per_device(sizes: dict[str, int], device: torch.device) -> int:
     return sizes["cpu" if device.type == "cpu" else "accelerator"]
-
-
-def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) of each variable, elementwise (broadcasting): ``(..., D)`` nats."""
-    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + LOG_2PI)
 
 
 # ---------------------------------------------------------------------------- results
@@ -70,6 +64,8 @@ class MutualInformation:
 
     ``per_variable`` and ``per_variable_standard_error`` are ``(D,)``. The standard errors are
     over the n * samples code terms (they leave out the mixture's own finite-N error).
+    ``total``: the points of the data; when it exceeds ``n``, the estimate is on a random subsample
+    of ``n`` of them drawn with ``subsample_seed`` (None: all points were used).
     """
 
     n: int
@@ -79,6 +75,19 @@ class MutualInformation:
     per_variable: np.ndarray
     per_variable_standard_error: np.ndarray
     seconds: float
+    total: int | None = None
+    subsample_seed: int | None = None
+
+    @property
+    def subsampled(self) -> bool:
+        return self.total is not None and self.total > self.n
+
+    def describe(self) -> str:
+        """Over what the estimate was made, and its ceiling, in one sentence."""
+        over = (f"a random subsample of {self.n} of the {self.total} points (seed {self.subsample_seed})"
+                if self.subsampled else f"{self.n} points")
+        return (f"I(x; z) estimated over {over}, {self.samples} code(s) each (He et al. 2019); no estimate over "
+                f"{self.n} points exceeds log {self.n} = {self.log_n:.2f} nats")
 
     @property
     def log_n(self) -> float:
@@ -101,86 +110,45 @@ class MutualInformation:
             "per_variable_standard_error": _finite_or_none(self.per_variable_standard_error),
             "per_variable_sum": self.per_variable_sum if math.isfinite(self.per_variable_sum) else None,
             "estimator": "He et al. 2019: aggregate posterior = mixture of the n posteriors",
-            "seconds": self.seconds,
-        }
-
-
-@dataclass(frozen=True)
-class ImportanceWeightedBound:
-    """The importance-weighted bound on log p(x), nats per image, for each K of ``ks``.
-
-    ``bounds`` and ``standard_errors`` (over images) are ``(len(ks),)``; ``samples`` is the pool
-    size max(ks); ``likelihood`` the decoder's ("bernoulli" or "gaussian"); ``binarize`` the
-    ``data.binarize`` setting of the images (a likelihood is comparable with the literature's
-    binarised-MNIST figures only when it is not "none").
-    """
-
-    n: int
-    samples: int
-    ks: tuple[int, ...]
-    bounds: np.ndarray
-    standard_errors: np.ndarray
-    likelihood: str
-    binarize: str
-    seconds: float
-
-    def bound(self, k: int) -> float:
-        return float(self.bounds[self.ks.index(k)])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "samples_per_image": self.samples,
-            "likelihood": self.likelihood,
-            "binarize": self.binarize,
-            "bounds": {
-                str(k): {
-                    "log_likelihood_bound": float(b),
-                    "negative_log_likelihood": -float(b),
-                    "standard_error": float(se),
-                    "estimates_per_image": self.samples // k,
-                }
-                for k, b, se in zip(self.ks, self.bounds, self.standard_errors)
-            },
+            "subsample": ({"points": self.n, "of": self.total, "seed": self.subsample_seed}
+                          if self.subsampled else None),
+            "description": self.describe(),
             "seconds": self.seconds,
         }
 
 
 # ---------------------------------------------------------------------------- shared plumbing
 
-@contextlib.contextmanager
-def _evaluating(model: LatentModelAdapter) -> Iterator[None]:
-    """Eval mode and no gradients for the block, then the model's mode as it was."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _image_batches(images: np.ndarray | torch.Tensor, batch_size: int,
-                   device: torch.device) -> Iterator[torch.Tensor]:
-    """Float32 batches in [0, 1] on ``device`` (uint8 = value / 255)."""
-    if len(images) == 0:
-        raise VaescopeError("the measures need at least one image; the images given are empty")
-    for start in range(0, len(images), batch_size):
-        yield as_float(torch.as_tensor(images[start : start + batch_size]).to(device))
-
-
-def encode_all(model: Any, images: np.ndarray | torch.Tensor, batch_size: int = 2000,
-               device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu and logvar of every image, each ``(N, D)`` float32 (float64 if the encoder gives it) on the
-    model's device (or ``device``)."""
-    model = as_latent_model(model)
-    device = torch.device(device) if device is not None else model.device
-    with _evaluating(model):
-        parts = [model.encode(x) for x in _image_batches(images, batch_size, device)]
+def _encode_rows(model: LatentModelAdapter, data: DataSource, batch_size: int, batch_key: BatchKey,
+                 input_fn: InputFn | None, device: str | torch.device | None,
+                 keep: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu and logvar ``(M, D)`` of the rows of ``data`` (only the sorted row indices ``keep`` when given),
+    float32 (float64 if the encoder gives it); to be called inside ``untouched``."""
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    start = 0
+    for x in model_batches(model, data, batch_size=batch_size, batch_key=batch_key, input_fn=input_fn, device=device):
+        if keep is not None:
+            offset, start = start, start + len(x)
+            lo, hi = np.searchsorted(keep, [offset, start])
+            if lo == hi:
+                continue
+            x = x[torch.as_tensor(keep[lo:hi] - offset, device=x.device)]
+        parts.append(encode(model, x))
+    if not parts:
+        raise VaescopeError("the information measures got no data point; give at least one row of data")
     mu, logvar = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     if mu.dtype != torch.float64:  # half or bfloat16 encoders: measure in float32
         mu, logvar = mu.float(), logvar.float()
     return mu, logvar
+
+
+def encode_all(model: Any, data: DataSource, batch_size: int = 2000, device: str | torch.device | None = None, *,
+               batch_key: BatchKey = None, input_fn: InputFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu and logvar of every row of ``data``, each ``(N, D)`` float32 (float64 if the encoder gives it) on the
+    model's device (or ``device``), measured under :func:`vaescope.models.isolation.untouched`."""
+    model = as_latent_model(model)
+    with untouched(model):
+        return _encode_rows(model, data, batch_size, batch_key, input_fn, device)
 
 
 def _mean_and_error(terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,116 +230,69 @@ def _log_mixture_ratio_per_variable(z: torch.Tensor, own: torch.Tensor, mu: torc
     return log_sum - own.double()
 
 
+def subsample_rows(total: int, size: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of ``size`` of ``total`` rows drawn without replacement from a generator seeded with
+    ``seed`` (its own: no global state), or None when ``total <= size`` (every row is used)."""
+    if total <= size:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+
+
 def mutual_information(
     model: Any,
-    images: np.ndarray | torch.Tensor,
+    images: DataSource,
     samples: int = 1,
     seed: int = 0,
     per_variable: bool = True,
     batch_size: int = 2000,
     block_elements: int | None = None,
     device: str | torch.device | None = None,
+    *,
+    max_points: int = MAX_POINTS,
+    batch_key: BatchKey = None,
+    input_fn: InputFn | None = None,
 ) -> MutualInformation:
-    """I(x; z) and I(x; z_j) of ``model``'s encoder over ``images`` ``(N, C, H, W)`` (He et al. 2019).
+    """I(x; z) and I(x; z_j) of ``model``'s encoder over the data ``images`` (He et al. 2019).
 
-    ``samples``: codes drawn from each q(z|x_i) (noise from a generator seeded with ``seed`` on
-    the model's device). The aggregate posterior is the mixture of all N posteriors, summed in
-    blocks of ``block_elements`` pairwise densities (default: :data:`BLOCK_ELEMENTS` for the device). Every estimate is at most log N (see the
-    module docstring). ``per_variable=False`` skips I(x; z_j) (its cost is D times the joint's).
+    ``images``: anything :func:`vaescope.data.batches.iter_batches` reads (arrays of images, vectors or
+    tokens, a DataLoader, ...; ``batch_key=``, ``input_fn=``). ``samples``: codes drawn from each q(z|x_i)
+    (noise from the generator of :func:`vaescope.models.isolation.untouched`, seeded with ``seed``). The
+    aggregate posterior is the mixture of all N posteriors, summed in blocks of ``block_elements`` pairwise
+    densities (default: :data:`BLOCK_ELEMENTS` for the device). Every estimate is at most log N (see the
+    module docstring). Above ``max_points`` points, a random subsample of ``max_points`` of them (seed
+    ``seed``) is used, and the result says so. ``per_variable=False`` skips I(x; z_j) (its cost is D
+    times the joint's).
     """
     if samples < 1:
         raise VaescopeError(f"mutual_information: samples is {samples}; draw at least 1 code per image")
+    if max_points < 2:
+        raise VaescopeError(f"mutual_information: max_points is {max_points}; give at least 2")
     model = as_latent_model(model)
     started = time.perf_counter()
-    mu, logvar = encode_all(model, images, batch_size, device)
-    n, dim = mu.shape
-    block_elements = block_elements or _per_device(BLOCK_ELEMENTS, mu.device)
-    generator = torch.Generator(device=mu.device).manual_seed(seed)
-    eps = torch.randn((samples, n, dim), generator=generator, device=mu.device, dtype=mu.dtype)
-    z = (mu + torch.exp(0.5 * logvar) * eps).reshape(samples * n, dim)         # (S N, D)
-    # log q(z|x_own) at the code as stored (rounded), so that the n = own ratio is 1
-    own = gaussian_log_density(z.double(), mu.double().repeat(samples, 1), logvar.double().repeat(samples, 1))
-    joint_terms = math.log(n) - _log_mixture_ratio_joint(z, own.sum(1), mu, logvar, block_elements)
-    joint, joint_error = _mean_and_error(joint_terms)
-    if per_variable:
-        per_terms = math.log(n) - _log_mixture_ratio_per_variable(z, own, mu, logvar, block_elements)
-        per, per_error = _mean_and_error(per_terms)
-    else:
-        per = per_error = torch.full((dim,), float("nan"), dtype=torch.float64)
+    if isinstance(images, Iterator):  # a generator is read once: keep its batches for the second pass
+        images = list(images)
+    with untouched(model, seed=seed) as generator:  # reading a DataLoader draws its seed from torch's generator
+        total = count_rows(images, batch_size=batch_size, batch_key=batch_key, input_fn=input_fn)
+        keep = subsample_rows(total, max_points, seed)
+        mu, logvar = _encode_rows(model, images, batch_size, batch_key, input_fn, device, keep)
+        n, dim = mu.shape
+        block_elements = block_elements or _per_device(BLOCK_ELEMENTS, mu.device)
+        if generator.device != mu.device:
+            generator = torch.Generator(device=mu.device).manual_seed(seed)
+        eps = torch.randn((samples, n, dim), generator=generator, device=mu.device, dtype=mu.dtype)
+        z = (mu + torch.exp(0.5 * logvar) * eps).reshape(samples * n, dim)         # (S N, D)
+        # log q(z|x_own) at the code as stored (rounded), so that the n = own ratio is 1
+        own = gaussian_log_density(z.double(), mu.double().repeat(samples, 1), logvar.double().repeat(samples, 1))
+        joint_terms = math.log(n) - _log_mixture_ratio_joint(z, own.sum(1), mu, logvar, block_elements)
+        joint, joint_error = _mean_and_error(joint_terms)
+        if per_variable:
+            per_terms = math.log(n) - _log_mixture_ratio_per_variable(z, own, mu, logvar, block_elements)
+            per, per_error = _mean_and_error(per_terms)
+        else:
+            per = per_error = torch.full((dim,), float("nan"), dtype=torch.float64)
     return MutualInformation(
         n=n, samples=samples, joint=float(joint), joint_standard_error=float(joint_error),
         per_variable=per.cpu().numpy(), per_variable_standard_error=per_error.cpu().numpy(),
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, total=total, subsample_seed=None if keep is None else seed,
     )
 
-
-# ---------------------------------------------------------------------------- importance-weighted bound
-
-def _log_weights(model: LatentModelAdapter, x: torch.Tensor, samples: int, kind: str,
-                 generator: torch.Generator, rows: int) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k|x) for ``samples`` codes of each image of ``x`` ``(b, C, H, W)``:
-    ``(samples, b)`` float64. Noise: ``torch.randn((k, b, D))`` per chunk of k <= rows / b codes."""
-    mu, logvar = model.encode(x)                                               # (b, D)
-    b = len(x)
-    chunk = max(1, rows // b)
-    out = torch.empty(samples, b, dtype=torch.float64, device=x.device)
-    for k0 in range(0, samples, chunk):
-        k = min(chunk, samples - k0)
-        eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * eps                                 # (k, b, D)
-        log_q = gaussian_log_density(z, mu, logvar).sum(-1)
-        log_prior = gaussian_log_density(z, z.new_zeros(()), z.new_zeros(())).sum(-1)
-        logits = model.decode(z.reshape(k * b, -1))
-        targets = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
-        log_px = log_likelihood(logits, targets, kind).reshape(k, b)
-        out[k0 : k0 + k] = (log_px + log_prior - log_q).double()
-    return out
-
-
-def importance_weighted_bound(
-    model: Any,
-    images: np.ndarray | torch.Tensor,
-    ks: Sequence[int] = (1, 10, 100, 1000),
-    kind: str | None = None,
-    binarize: str = "none",
-    seed: int = 0,
-    rows: int | None = None,
-    device: str | torch.device | None = None,
-) -> ImportanceWeightedBound:
-    """The importance-weighted bound (Burda et al. 2016) of each K in ``ks`` over ``images`` ``(N, C, H, W)``.
-
-    ``kind``: the decoder's likelihood ("bernoulli" or "gaussian"; default: what the model says,
-    else "bernoulli"). ``binarize``: how ``images`` were binarised, recorded with the result.
-    Images go ``max(1, rows // max(ks))`` at a time; at most ``rows`` codes are decoded at once
-    (default: :data:`IWAE_ROWS` for the device).
-    Noise comes from a generator seeded with ``seed`` on the model's device.
-    """
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise VaescopeError(f"importance_weighted_bound: K values {list(ks)}; give one or more K >= 1")
-    model = as_latent_model(model)
-    kind = kind or model.reconstruction or "bernoulli"
-    pool = max(ks)
-    device = torch.device(device) if device is not None else model.device
-    rows = rows or _per_device(IWAE_ROWS, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    started = time.perf_counter()
-    sums = torch.zeros(2, len(ks), dtype=torch.float64, device=device)        # sum and sum of squares
-    n = 0
-    with _evaluating(model):
-        for x in _image_batches(images, max(1, rows // pool), device):
-            log_w = _log_weights(model, x, pool, kind, generator, rows)       # (pool, b)
-            for i, k in enumerate(ks):
-                groups = pool // k
-                grouped = log_w[: groups * k].reshape(groups, k, -1)
-                per_image = (torch.logsumexp(grouped, dim=1) - math.log(k)).mean(0)  # (b,)
-                sums[0, i] += per_image.sum()
-                sums[1, i] += per_image.square().sum()
-            n += len(x)
-    total, squares = sums.cpu().numpy()
-    bounds = total / n
-    variance = np.maximum(squares / n - bounds**2, 0.0) * n / max(n - 1, 1)
-    return ImportanceWeightedBound(
-        n=n, samples=pool, ks=ks, bounds=bounds, standard_errors=np.sqrt(variance / n),
-        likelihood=kind, binarize=binarize, seconds=time.perf_counter() - started,
-    )

@@ -15,9 +15,11 @@ from vaescope.data.dataset import Dataset, split_images
 from vaescope.data.sources import load_dataset
 from vaescope.measures.criteria import CriteriaTable, criteria_table
 from vaescope.measures.gains import ReconstructionGain, reconstruction_gain
-from vaescope.measures.information import ImportanceWeightedBound, MutualInformation, importance_weighted_bound
+from vaescope.measures.bound import ImportanceWeightedBound, importance_weighted_bound
+from vaescope.measures.information import MutualInformation
 from vaescope.measures.information import mutual_information as estimate_information
 from vaescope.measures.statistics import LatentStatistics, latent_statistics
+from vaescope.models.likelihoods import run_likelihood
 from vaescope.runs.checkpoint import Run, load_run
 from vaescope.runs.files import STATS_COLUMNS, rows_to_csv
 
@@ -113,12 +115,13 @@ def run_measures(
     model = run.model.to(device)
     mi = bound = None
     with cpu_settings(run.config.train.threads):
-        gain = reconstruction_gain(model, x, run.config.loss.reconstruction, batch_size=2000)
+        likelihood = run_likelihood(run.config.loss)
+        gain = reconstruction_gain(model, x, likelihood=likelihood, batch_size=2000)
         if mutual_information:
             mi = estimate_information(model, x, samples=samples)
         if iwae_ks:
-            bound = importance_weighted_bound(model, x[:iwae_images], iwae_ks, kind=run.config.loss.reconstruction,
-                                              binarize=binarize)
+            bound = importance_weighted_bound(model, x, iwae_ks, likelihood=likelihood, binarize=binarize,
+                                              limit=iwae_images)
     table = criteria_table(stats, None if mi is None else mi.per_variable, gain.gain)
     result = RunMeasures(split, binarize, stats, gain, table, mi, bound)
     if write:

@@ -17,13 +17,17 @@ two other criteria from the literature are reported beside it: ``sigma2_mean`` a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from vaescope.core.config import StatsConfig
+from vaescope.core.errors import VaescopeError
+from vaescope.data.batches import BatchKey, DataSource, InputFn
+from vaescope.measures.reading import encode, model_batches
 from vaescope.models.adapters import as_latent_model
+from vaescope.models.isolation import untouched
 from vaescope.models.objectives import LatentModel, kl_per_variable
 
 
@@ -126,65 +130,66 @@ class _Moments:
         return self.m2 / max(self.n, 1)  # population variance, as Var_X
 
 
-def _batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
-    if isinstance(data, (np.ndarray, torch.Tensor)):
-        for start in range(0, len(data), batch_size):
-            yield torch.as_tensor(data[start : start + batch_size])
-    else:  # any iterable of batches
-        for batch in data:
-            yield torch.as_tensor(batch)
+@dataclass
+class _Sums:
+    """The streamed moments of one pass: Var(mu) by pairwise merges, the rest as sums, on the device."""
+
+    moments: _Moments
+    sigma2: torch.Tensor
+    log_sigma2: torch.Tensor
+    kl: torch.Tensor
+
+    @classmethod
+    def empty(cls, dim: int, device: torch.device) -> "_Sums":
+        zeros = [torch.zeros(dim, dtype=torch.float64, device=device) for _ in range(3)]
+        return cls(_Moments(dim, device), *zeros)
+
+    def update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:  # (B, D) each
+        mu64, logvar64 = mu.double(), logvar.double()
+        self.moments.update(mu64)
+        self.sigma2 += logvar64.exp().sum(0)
+        self.log_sigma2 += logvar64.sum(0)
+        self.kl += kl_per_variable(mu64, logvar64).sum(0)
 
 
-def _as_float(batch: torch.Tensor) -> torch.Tensor:
-    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-
-
-@torch.no_grad()
 def latent_statistics(
-    model: LatentModel,
-    data: np.ndarray | torch.Tensor | Iterable[Any],
+    model: LatentModel | Any,
+    data: DataSource,
     batch_size: int = 1000,
     thresholds: StatsConfig | None = None,
     device: str | torch.device | None = None,
+    *,
+    batch_key: BatchKey = None,
+    input_fn: InputFn | None = None,
 ) -> LatentStatistics:
     """Statistics of every latent variable of ``model`` over ``data``, streamed in batches.
 
-    ``data``: images ``(N, C, H, W)`` (uint8 = value/255, or float in [0, 1]) as a NumPy array or
-    tensor, or any iterable of such batches. Memory use depends on ``batch_size``, not on N.
-    ``model``: anything :func:`vaescope.as_latent_model` accepts (only its encoder is used).
+    ``data``: anything :func:`vaescope.data.batches.iter_batches` reads: an array or tensor ``(N, ...)``
+    (images, uint8 = value / 255; vectors ``(N, D)``; token ids ``(N, T)``; counts), a dict of them, or
+    a DataLoader / any iterable of batches (tensors, tuples whose element ``batch_key`` (default 0) is
+    the input, dicts with ``batch_key``), or anything the user's ``input_fn(batch) -> tensor`` reads.
+    Memory use depends on ``batch_size`` (or the loader's batches), not on N: one pass, float64 sums.
+    ``model``: anything :func:`vaescope.as_latent_model` accepts (only its encoder is used); it runs
+    under :func:`vaescope.models.isolation.untouched` (every submodule in eval, put back as it was).
     """
     model = as_latent_model(model)
-    if device is None:
-        params = getattr(model, "parameters", None)
-        first = next(iter(params()), None) if callable(params) else None
-        device = first.device if first is not None else torch.device("cpu")
-    mu_moments: _Moments | None = None
-    sums: dict[str, torch.Tensor] = {}
-    for batch in _batches(data, batch_size):
-        x = _as_float(batch.to(device, non_blocking=True))
-        mu, logvar = model.encode(x)
-        mu64, logvar64 = mu.double(), logvar.double()
-        parts = {
-            "sigma2": logvar64.exp().sum(0),
-            "log_sigma2": logvar64.sum(0),
-            "kl": kl_per_variable(mu64, logvar64).sum(0),
-        }
-        if mu_moments is None:
-            mu_moments = _Moments(mu.shape[1], mu.device)
-            sums = {k: torch.zeros_like(v) for k, v in parts.items()}
-        mu_moments.update(mu64)
-        for key, value in parts.items():
-            sums[key] += value
-    if mu_moments is None or mu_moments.n == 0:
-        raise ValueError("latent_statistics needs at least one data point")
-    n = mu_moments.n
-    host = {k: v.cpu().numpy() for k, v in sums.items()}  # the one transfer to the host
+    sums: _Sums | None = None
+    with untouched(model):
+        for x in model_batches(model, data, batch_size=batch_size, batch_key=batch_key, input_fn=input_fn,
+                               device=device):
+            mu, logvar = encode(model, x)
+            if sums is None:
+                sums = _Sums.empty(mu.shape[1], mu.device)
+            sums.update(mu, logvar)
+    if sums is None or sums.moments.n == 0:
+        raise VaescopeError("latent_statistics got no data point; give at least one row of data")
+    n = sums.moments.n
     return LatentStatistics(
         n=n,
-        mu_mean=mu_moments.mean.cpu().numpy(),
-        mu_variance=mu_moments.variance.cpu().numpy(),
-        sigma2_mean=host["sigma2"] / n,
-        log_sigma2_mean=host["log_sigma2"] / n,
-        kl_mean=host["kl"] / n,
+        mu_mean=sums.moments.mean.cpu().numpy(),
+        mu_variance=sums.moments.variance.cpu().numpy(),
+        sigma2_mean=sums.sigma2.cpu().numpy() / n,
+        log_sigma2_mean=sums.log_sigma2.cpu().numpy() / n,
+        kl_mean=sums.kl.cpu().numpy() / n,
         thresholds=thresholds or StatsConfig(),
     )

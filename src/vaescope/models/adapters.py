@@ -148,8 +148,8 @@ class LatentModelAdapter(nn.Module):
                                 "the latent shape must not change")
         return mu.reshape(len(mu), -1), logvar.reshape(len(logvar), -1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``(B, D)`` codes -> Bernoulli logits ``(B, C, H, W)`` (pixel means are their sigmoid)."""
+    def _decoded(self, z: torch.Tensor) -> Any:
+        """What the user's decoder returns for codes ``(B, D)`` (reshaped to the latent shape first)."""
         if self._decode_fn is None:
             raise VaescopeError(f"{self.kind} has no decode(z); this analysis decodes codes, give the model a decode "
                                 "method or use vaescope.as_latent_model(encode_fn=..., decode_fn=...)")
@@ -157,8 +157,24 @@ class LatentModelAdapter(nn.Module):
         shape = self.latent_shape or (int(z.shape[-1]),)
         if z.ndim != 2 or z.shape[1] != math.prod(shape):
             raise VaescopeError(f"decode got codes of shape {tuple(z.shape)}; expected (B, {math.prod(shape)})")
-        out, is_logits = _likelihood(self._decode_fn(z.reshape(len(z), *shape)),
-                                     f"the decoder of {self.kind}")
+        return self._decode_fn(z.reshape(len(z), *shape))
+
+    def decode_output(self, z: torch.Tensor) -> Any:
+        """``(B, D)`` codes -> the decoder's own output, for a likelihood to read
+        (:mod:`vaescope.models.likelihoods`): a Bernoulli distribution gives its logits, pythae's
+        ``ModelOutput`` its ``reconstruction`` (pixel means); anything else (a tensor, a tuple such as
+        ``(mean, logvar)``, a dict, a ``torch.distributions`` object) is returned as it is."""
+        out = self._decoded(z)
+        base = out.base_dist if isinstance(out, Independent) else out
+        if isinstance(base, Bernoulli):
+            return base.logits
+        if isinstance(out, Mapping) and "reconstruction" in out:
+            return out["reconstruction"]
+        return out
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` codes -> Bernoulli logits ``(B, C, H, W)`` (pixel means are their sigmoid)."""
+        out, is_logits = _likelihood(self._decoded(z), f"the decoder of {self.kind}")
         if is_logits or self.decoder_output == "logits":
             return out
         low, high = (float(v) for v in torch.aminmax(out.detach()))

@@ -15,8 +15,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vaescope.measures.criteria import CriteriaTable, ThresholdSweep
+from vaescope.measures.effects import VariableEffects
 from vaescope.measures.gains import ReconstructionGain
 from vaescope.measures.generation import GenerationCheck
+from vaescope.measures.lesson import Lesson
 from vaescope.measures.statistics import LatentStatistics
 from vaescope.measures.trace import VarianceTrace
 from vaescope.measures.variance_law import VarianceLaw
@@ -153,8 +155,9 @@ def gain_table(gain: ReconstructionGain, active: np.ndarray, caption: str,
                  highlight=frozenset(k for k, j in enumerate(gain.variables) if not active[j]), caption=caption)
 
 
-GAIN_TEXT = ("The gain of variable j: the mean reconstruction error (nats per image; the code is mu) with mu_j set "
-             "to 0 minus the error with nothing zeroed. The decoder ignores a variable whose gain is ~0.")
+GAIN_TEXT = ("The gain of variable j: the mean reconstruction error -log p(x | code) (nats per example; the code is "
+             "mu) with mu_j set to 0 minus the error with nothing zeroed. The decoder ignores a variable whose gain "
+             "is ~0.")
 
 
 def reconstruction_gain_section(gain: ReconstructionGain, active: np.ndarray, sink: FigureSink, label: str,
@@ -164,7 +167,8 @@ def reconstruction_gain_section(gain: ReconstructionGain, active: np.ndarray, si
                  "Reconstruction error with mu_j set to 0 minus the error with nothing zeroed, log scale; a triangle "
                  "marks a gain below 1e-5 (zero, or slightly negative).")
     return Section("reconstruction-gain", "Reconstruction gain per variable", [
-        Paragraph(GAIN_TEXT + f" Baseline error: {gain.baseline_error:.4g} nats per image."), image,
+        Paragraph(GAIN_TEXT + f" Likelihood: {gain.likelihood}. Baseline error: {gain.baseline_error:.4g} nats per "
+                  "example."), image,
         Table(["model", "max |gain|, inactive", "min gain, active", "max gain, active"],
               [gain_summary_row(label, gain.gain, active[gain.variables])], caption="Gains in nats per image."),
         gain_table(gain, active, f"{label}.", latent_shape)])
@@ -204,7 +208,8 @@ def generation_section(check: GenerationCheck, full: np.ndarray, zeroed: np.ndar
         blocks.append(sink(figs.generation_figure(full, zeroed, len(check.inactive)), "generation",
                            f"Top: decoded from {len(full)} normal samples of all variables ({label}). Bottom: the "
                            "same samples with the inactive variables set to 0."))
-    blocks += [Paragraph(GENERATION_TEXT.format(n=check.n_samples)), generation_table({label: check})]
+    blocks += [Paragraph(GENERATION_TEXT.format(n=check.n_samples) + f" Means of the likelihood: {check.likelihood}."),
+               generation_table({label: check})]
     return Section("generation", "Generation with the inactive variables zeroed", blocks)
 
 
@@ -233,3 +238,29 @@ def variance_law_section(law: VarianceLaw, sink: FigureSink, label: str,
               highlight=frozenset(int(j) for j in np.flatnonzero(~law.active)),
               caption=f"{label}; the last column is the gap of the derivation's approximation (>= 0)."),
         log_image])
+
+
+# ---------------------------------------------------------------------------- data that are not images
+
+def effects_section(effects: VariableEffects, active: np.ndarray, label: str,
+                    latent_shape: tuple[int, ...] | None = None) -> Section:
+    """What each variable does to the decoded data (:mod:`vaescope.measures.effects`), one row per variable."""
+    active = np.asarray(active, dtype=bool)
+    tokens = effects.kind == "token-distribution"
+    what = ("the mean total variation distance between the token distributions at each position"
+            if tokens else "the mean absolute change of the decoded means over the elements")
+    listed = "tokens whose probability rises most" if tokens else "elements that move most (signed change)"
+    rows = [[variable_position(j, latent_shape), "active" if active[j] else "INACTIVE", f"{effects.effect[j]:.4g}",
+             ", ".join(f"{int(i)} ({c:+.3g})" for i, c in zip(effects.top[j], effects.top_change[j]))]
+            for j in range(len(effects.effect))]
+    return Section("variable-effects", "What each variable does to the decoded data", [
+        Paragraph(f"From the mean code, each variable is moved {effects.amplitude:g} prior standard deviations down "
+                  f"and up, the others kept; the effect is {what} between the two decoded codes (likelihood: "
+                  f"{effects.likelihood}). A variable the decoder ignores has effect 0."),
+        Table(["variable", "verdict", "effect", listed], rows,
+              highlight=frozenset(int(j) for j in np.flatnonzero(~active)), caption=f"{label}.")])
+
+
+def lesson_section(learned: Lesson) -> Section:
+    """The statements of :func:`vaescope.measures.lesson.lesson`, one paragraph each."""
+    return Section("lesson", "What this means", [Paragraph(s.text) for s in learned.statements])
