@@ -60,13 +60,12 @@ def test_the_dimension_command_prints_the_estimates_with_their_settings():
 
     from vaescope.cli import main
     from vaescope.data.sources import load_dataset
-    from vaescope.dimension import data_points
 
     source = "synthetic:linear=4,2,1,dim=8,n=1200,test=10,seed=3"
     result = CliRunner().invoke(main, ["dimension", "--data", source, "--points", "1000", "--k", "5", "--k", "10"])
     assert result.exit_code == 0, result.output
     # the same numbers as the library on the same 1000 of the 1200 training vectors
-    expected = estimate_dimension(data_points(load_dataset(source), "train"), ks=(5, 10), n=1000, seed=0)
+    expected = estimate_dimension(load_dataset(source).x_train, ks=(5, 10), n=1000, seed=0)
     assert f"TwoNN: {expected.twonn:.2f}" in result.output
     assert f"MLE k=5: {expected.mle[5]:.2f}" in result.output and f"MLE k=10: {expected.mle[10]:.2f}" in result.output
     assert "1000 of 1200 points (seed 0" in result.output and "8 dimensions" in result.output

@@ -20,6 +20,7 @@ from vaescope import latent_statistics, load_dataset
 from vaescope.core.errors import VaescopeError
 from vaescope.data.linear import LinearSource, linear_gaussian_data, parse_linear_source
 from vaescope.measures.oracle import (
+    collapse_thresholds,
     compare,
     data_spectrum,
     expected_log_likelihood,
@@ -397,3 +398,22 @@ def test_the_spectrum_of_an_npz_and_the_dataset_of_a_linear_source(tmp_path):
     whole, _ = linear_gaussian_data([4.0, 2.0, 1.0], 340, dim=5, seed=1)
     np.testing.assert_array_equal(data.x_train, whole[:300])
     np.testing.assert_array_equal(data.x_test, whole[300:])
+
+
+def test_collapse_thresholds_read_from_active_counts():
+    # lambda = (4, 1, 0.25), sigma2 = 0.5: predicted beta_j = 8, 2, 0.5.
+    # Swept betas 0.25, 1, 4, 16 with median active counts 3, 2, 1, 0 (the closed form's own counts):
+    #   variable 0: active up to 4, off at 16 -> (4, 16], 8 inside; variable 1: (1, 4], 2 inside;
+    #   variable 2: (0.25, 1], 0.5 inside.
+    counts = {1.0: [2, 2], 0.25: [3], 4.0: [1, 1, 2], 16.0: [0]}
+    rows = collapse_thresholds(counts, [4.0, 1.0, 0.25], sigma2=0.5)
+    assert [(r["low"], r["high"]) for r in rows] == [(4.0, 16.0), (1.0, 4.0), (0.25, 1.0)]
+    assert [r["predicted"] for r in rows] == [8.0, 2.0, 0.5]
+    assert all(r["agrees"] and r["consistent"] for r in rows)
+    # a variable that collapses too early: counts 3, 1, 1, 0 put variable 1's threshold in (0.25, 1], not at 2
+    rows = collapse_thresholds({0.25: [3], 1.0: [1], 4.0: [1], 16.0: [0]}, [4.0, 1.0, 0.25], sigma2=0.5)
+    assert (rows[1]["low"], rows[1]["high"], rows[1]["agrees"]) == (0.25, 1.0, False)
+    # never collapsed within the sweep: (largest beta, None); never active: (None, smallest beta)
+    rows = collapse_thresholds({0.25: [2], 1.0: [1]}, [4.0, 1.0, 0.25], sigma2=0.5)
+    assert (rows[0]["low"], rows[0]["high"]) == (1.0, None)
+    assert (rows[2]["low"], rows[2]["high"], rows[2]["agrees"]) == (None, 0.25, False)  # 0.5 > 0.25: should be active

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vaescope.core.errors import VaescopeError
-from vaescope.data.dataset import Dataset, to_float
 from vaescope.data.sources import load_dataset
-from vaescope.measures.information import encode_all
-from vaescope.measures.intrinsic import DEFAULT_KS, DEFAULT_POINTS, DimensionEstimates, estimate_dimension
+from vaescope.measures.intrinsic import (
+    DEFAULT_KS,
+    DEFAULT_POINTS,
+    DimensionEstimates,
+    data_and_code_dimensions,
+    estimate_dimension,
+    flat_points,
+)
 from vaescope.measures.statistics import latent_statistics
 from vaescope.runs.checkpoint import load_run
 
@@ -42,24 +45,6 @@ class DimensionReport:
                 "active": self.active, "latent_dim": self.latent_dim}
 
 
-def data_points(data: Dataset, split: str) -> np.ndarray:
-    """The rows of ``split`` as vectors ``(N, D)`` float32 (uint8 images as value / 255, flattened)."""
-    x, _ = data.split(split)
-    return to_float(np.asarray(x)).reshape(len(x), -1)
-
-
-def code_estimates(model: Any, x: Any, active: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
-                   n: int | None = DEFAULT_POINTS, seed: int = 0) -> DimensionEstimates | None:
-    """The estimates on the posterior means of the ``active`` variables ``(D,)`` bool over ``x``
-    (measured without touching the model); None when no variable is active."""
-    active = np.asarray(active, dtype=bool)
-    if not active.any():
-        return None
-    mu, _ = encode_all(model, x, 2000)
-    codes = mu.double().cpu().numpy()[:, active]
-    return estimate_dimension(codes, ks, n, seed, what=f"posterior means of the {int(active.sum())} active variables")
-
-
 def dimension_report(source: str | None = None, run: str | Path | None = None, split: str = "train",
                      ks: Sequence[int] = DEFAULT_KS, n: int | None = DEFAULT_POINTS, seed: int = 0) -> DimensionReport:
     """Estimates on ``split`` of ``source`` (default: the run's data) and, with ``run`` (a run directory),
@@ -69,14 +54,13 @@ def dimension_report(source: str | None = None, run: str | Path | None = None, s
     loaded = load_run(run) if run is not None else None
     source = source or loaded.config.data.source  # type: ignore[union-attr]
     dataset = load_dataset(source)
-    points = data_points(dataset, split)
-    data = estimate_dimension(points, ks, n, seed, what=f"the {split} split of {dataset.name}")
-    if loaded is None:
-        return DimensionReport(str(source), split, data)
     x, _ = dataset.split(split)
+    words = f"the {split} split of {dataset.name}"
+    if loaded is None:
+        return DimensionReport(str(source), split, estimate_dimension(flat_points(x), ks, n, seed, what=words))
     stats = latent_statistics(loaded.model, x, batch_size=2000, thresholds=loaded.config.stats)
-    codes = code_estimates(loaded.model, x, stats.active, ks, n, seed)
-    return DimensionReport(str(source), split, data, codes, int(stats.active.sum()), stats.latent_dim)
+    found = data_and_code_dimensions(loaded.model, x, stats.active, ks, n, seed, data_words=words)
+    return DimensionReport(str(source), split, found["data"], found["codes"], int(stats.active.sum()), stats.latent_dim)
 
 
 def _row(est: DimensionEstimates) -> str:

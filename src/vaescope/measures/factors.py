@@ -193,7 +193,7 @@ def dci(codes: Any, factors: Any, seed: int = 0, test_fraction: float = 0.2, n_e
     v = _columns(factors, "factors", len(z))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(z))[: max_points or len(z)]
-    cut = int(round(len(order) * (1.0 - test_fraction)))
+    cut = round(len(order) * (1.0 - test_fraction))
     if cut < 2 or len(order) - cut < 2:
         raise VaescopeError(f"dci needs at least 2 training and 2 test points; got {len(order)} points with "
                             f"test_fraction {test_fraction}")

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from vaescope.core.errors import VaescopeError
+from vaescope.data.dataset import to_float
+from vaescope.measures.information import encode_all
 
 DEFAULT_TOLERANCE = 0.5
 DEFAULT_KS = (5, 10, 20)
@@ -189,3 +191,25 @@ def estimate_dimension(points: Any, ks: Sequence[int] = DEFAULT_KS, n: int | Non
     twonn = float(skdim.id.TwoNN().fit(subset).dimension_)
     mle = {k: float(skdim.id.MLE().fit(subset, n_neighbors=k).dimension_) for k in ks}
     return DimensionEstimates(twonn, mle, len(subset), given, duplicates, ambient, seed, what)
+
+
+def flat_points(x: Any) -> np.ndarray:
+    """Data ``(N, ...)`` as vectors ``(N, D)``: uint8 images as value / 255, the rest as they are."""
+    array = np.asarray(x.cpu() if hasattr(x, "cpu") else x)
+    return (to_float(array) if array.dtype == np.uint8 else array).reshape(len(array), -1)
+
+
+def data_and_code_dimensions(model: Any, x: Any, active: Any, ks: Sequence[int] = DEFAULT_KS,
+                             n: int | None = DEFAULT_POINTS, seed: int = 0,
+                             data_words: str = "the data") -> dict[str, DimensionEstimates | None]:
+    """``{"data": estimates on x (N, ...), "codes": on the posterior means of the ``active`` (D,) bool
+    variables over x, or None when none is active}``, on the same subsample size and seed; the model is
+    only read (:func:`vaescope.measures.information.encode_all` runs it untouched)."""
+    data = estimate_dimension(flat_points(x), ks, n, seed, what=data_words)
+    active = np.asarray(active, dtype=bool)
+    if not active.any():
+        return {"data": data, "codes": None}
+    mu, _ = encode_all(model, x, 2000)
+    codes = estimate_dimension(mu.double().cpu().numpy()[:, active], ks, n, seed,
+                               what=f"the posterior means of the {int(active.sum())} active variables")
+    return {"data": data, "codes": codes}

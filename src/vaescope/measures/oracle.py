@@ -408,3 +408,43 @@ def compare(measured: Mapping[str, Any] | Any, oracle: LinearOracle,
         predicted_active=oracle.active,
         active_threshold=threshold,
     )
+
+
+# ---------------------------------------------------------------------------- the beta threshold, measured
+
+def collapse_thresholds(active_counts: Mapping[float, Any], eigenvalues: Any, sigma2: float) -> list[dict[str, Any]]:
+    """Each variable's collapse threshold in beta, measured from the active counts of a beta sweep,
+    against the closed form ``beta_j = lambda_j / sigma2``.
+
+    ``active_counts``: ``{beta: [active count of each seed]}`` (any order); ``eigenvalues``: descending,
+    one per latent variable (:attr:`LinearOracle.eigenvalues`). Variables are matched by rank, as
+    :func:`compare` does: at a beta where the median count is m, the variables of rank 0 .. m-1 are
+    active. Variable j's measured threshold lies in ``(low, high]``: ``low`` the largest beta tried at
+    which it is active (None: at none), ``high`` the smallest larger beta at which it is not (None:
+    it never collapsed). ``consistent``: whether the active set shrinks monotonically with beta (else
+    the interval is not well defined and ``low``/``high`` come from the first collapse). ``agrees``:
+    the predicted threshold lies in ``(low, high]`` (a bound missing on one side counts as open).
+    """
+    lam = _spectrum(eigenvalues)
+    sigma2 = _positive(sigma2, "sigma2")
+    if not active_counts:
+        raise VaescopeError("collapse_thresholds needs the active counts of at least one beta")
+    counts = {float(b): np.asarray(c, dtype=np.float64) for b, c in active_counts.items()}
+    if any(c.size == 0 for c in counts.values()):
+        raise VaescopeError("collapse_thresholds: a beta has no active counts; give at least one run per beta")
+    betas = sorted(counts)
+    medians = [float(np.median(counts[b])) for b in betas]
+    monotone = all(a >= b for a, b in zip(medians, medians[1:]))
+    rows = []
+    for j, value in enumerate(lam):
+        predicted = float(value / sigma2)
+        active_at = [beta for beta, m in zip(betas, medians) if m > j]
+        first_off = next((i for i, m in enumerate(medians) if m <= j), None)
+        high = None if first_off is None else betas[first_off]
+        low = None if first_off is None else (betas[first_off - 1] if first_off > 0 else None)
+        if first_off is None and active_at:
+            low = active_at[-1]
+        agrees = (low is None or predicted > low) and (high is None or predicted <= high)
+        rows.append({"index": j, "eigenvalue": float(value), "predicted": predicted, "low": low, "high": high,
+                     "agrees": bool(agrees), "consistent": monotone})
+    return rows

@@ -96,12 +96,40 @@ class ConvVAE(nn.Module):
         return self.decoder(z)
 
 
+class LinearVAE(nn.Module):
+    """The linear VAE of J. Lucas, G. Tucker, R. Grosse and M. Norouzi ("Don't Blame the ELBO! A Linear
+    VAE Perspective on Posterior Collapse", 2019): encoder mean ``mu = A x + a``, one log-variance per
+    variable (the same for every x), decoder ``W z + b``, returned as it is (a Gaussian decoder's mean).
+
+    With a Gaussian likelihood of fixed variance sigma^2 and KL weight beta its optimum is probabilistic
+    PCA (:mod:`vaescope.measures.oracle`). ``model.kind = "dense"`` with ``hidden = []`` is the same model
+    with an input-dependent log-variance (a linear map of x), which has the same optimum.
+    """
+
+    def __init__(self, image_shape: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        n_in = math.prod(image_shape)
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(n_in, latent_dim))  # (B, D) means
+        self.logvar = nn.Parameter(torch.zeros(latent_dim))  # (D,): sigma_j^2 = exp(logvar_j), 1 at the start
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, n_in), nn.Unflatten(1, self.image_shape))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = self.encoder(x)
+        return mu, self.logvar.expand_as(mu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # (B, ...) the mean W z + b
+
+
 # The registry of model kinds: ``model.kind`` -> builder from (model config, image shape).
 # Adding a kind: a builder here and a preset in ``presets/``; nothing else.
 ModelBuilder = Callable[[ModelConfig, tuple[int, ...]], nn.Module]
 MODEL_KINDS: dict[str, ModelBuilder] = {
     "dense": lambda m, shape: DenseVAE(shape, m.hidden, m.latent_dim),
     "conv": lambda m, shape: ConvVAE(shape, m.conv_channels, m.conv_dense, m.latent_dim),
+    "linear": lambda m, shape: LinearVAE(shape, m.latent_dim),
 }
 # A model object handed to ``train(config, out, model=...)``: its run records this kind, and
 # rebuilding it needs the object again (``load_run(dir, model=...)``).
