@@ -121,3 +121,27 @@ def test_oracle_for_reads_linear_sources_and_settings(trained):
     found = oracle_for(model, source, {"sigma2": SIGMA2}, iwae_ks=(), mi_points=0)
     assert found.n == 500 and found.points == "the training split of synthetic-linear-d6"
     assert DEFAULT_TOLERANCES["kl"] == 0.03 and math.isfinite(found.optimum_log_likelihood)
+
+
+def test_inspect_puts_the_oracle_and_the_dimension_estimates_in_its_report(trained, tmp_path):
+    import json
+
+    from vaescope.inspection import inspect
+    from vaescope.models.likelihoods import Gaussian
+
+    # n=4000 of seed 0 are the very points the model was trained on (the draw is prefix-stable)
+    source = "synthetic:linear=4,2,1,0.3,0.1,0.05,n=4000,test=500"
+    result = inspect(trained, source, tmp_path / "ins", likelihood=Gaussian(variance=SIGMA2), samples=200,
+                     mi_images=500)
+    saved = json.loads((tmp_path / "ins" / "inspect.json").read_text())
+    assert saved["oracle"]["passed"] and saved["oracle"]["points"] == "the training split of synthetic-linear-d6"
+    assert saved["oracle"]["oracle"]["sigma2"] == SIGMA2 and saved["oracle"]["n"] == 4000
+    markdown = (tmp_path / "ins" / "report.md").read_text()
+    assert "The linear-Gaussian oracle" in markdown and "**passes**" in markdown
+    # the dimension section: the data (500 test points, 6 dimensions, rank 6 with small variances) and the
+    # 3 active codes, whose estimate is ~3 (their posterior means are a linear map of 3-dimensional data)
+    codes = saved["dimension"]["codes"]
+    assert codes["what"] == "the posterior means of the 3 active variables" and codes["ambient"] == 3
+    assert codes["twonn"] == pytest.approx(3, rel=0.15)
+    assert f"{codes['twonn']:.2f}" in markdown
+    assert result.results["dimension"]["data"]["n"] == 500

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from vaescope.measures.effects import variable_effects
 from vaescope.measures.gains import ReconstructionGain, reconstruction_gain
 from vaescope.measures.generation import generation_check, generation_rows
 from vaescope.measures.information import MutualInformation, mutual_information
+from vaescope.measures.intrinsic import data_and_code_dimensions
 from vaescope.measures.lesson import lesson
 from vaescope.measures.reading import Decoder, LikelihoodSpec, decoder
 from vaescope.measures.statistics import LatentStatistics, latent_statistics
@@ -52,7 +53,10 @@ from vaescope.models.adapters import LatentModelAdapter, as_latent_model
 from vaescope.models.isolation import untouched
 from vaescope.models.likelihoods import Categorical, run_likelihood
 from vaescope.models.networks import load_factory
+from vaescope.reports.dimension import available as dimension_available
+from vaescope.reports.dimension import dimension_section
 from vaescope.reports.html import Paragraph, Section, write_report
+from vaescope.reports.oracle import is_linear_source, oracle_for, oracle_section
 from vaescope.reports.sections import (
     FigureSink,
     channels_section,
@@ -167,6 +171,9 @@ class Inspection:
     gain: ReconstructionGain | None = None
     mi: MutualInformation | None = None
     criteria: CriteriaTable | None = None
+    source: Any = None  # the data as given (a source names its training split, for the oracle)
+    oracle: Mapping[str, Any] | None = None  # {"sigma2", "beta"}: the linear-Gaussian closed form to compare with
+    dimension: bool = True
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -248,6 +255,21 @@ def law(ins: Inspection) -> None:
     ins.results["variance_law"] = found.to_dict()
 
 
+def known_answers(ins: Inspection) -> None:
+    """The linear-Gaussian oracle (linear data, or ``oracle=``; :mod:`vaescope.reports.oracle`) and the
+    intrinsic-dimension estimates beside the active count (scikit-dimension installed, arrays of at
+    least 100 examples; :mod:`vaescope.reports.dimension`)."""
+    found = oracle_for(ins.adapter, ins.source, ins.oracle, likelihood=ins.decoder.likelihood, seed=ins.seed)
+    if found is not None:
+        ins.sections.append(oracle_section(found))
+        ins.results["oracle"] = found.to_dict()
+    if ins.dimension and dimension_available() and ins.kind != "tokens" \
+            and isinstance(ins.data, (np.ndarray, torch.Tensor)) and len(ins.data) >= 100:
+        estimates = data_and_code_dimensions(ins.adapter, ins.data, ins.stats.active, seed=ins.seed)
+        ins.sections.append(dimension_section(estimates, int(ins.stats.active.sum()), ins.stats.latent_dim))
+        ins.results["dimension"] = {k: None if v is None else v.to_dict() for k, v in estimates.items()}
+
+
 def meaning(ins: Inspection) -> None:
     learned = lesson(ins.stats, criteria=ins.criteria)
     ins.sections.append(lesson_section(learned))
@@ -256,14 +278,15 @@ def meaning(ins: Inspection) -> None:
 
 # The report's sections in order; each reads and extends the Inspection.
 SECTIONS: list[Callable[[Inspection], None]] = [table1, channels, recorded_trace, criteria, gains, generation,
-                                                 effects, law, meaning]
+                                                 effects, law, known_answers, meaning]
 
 
 def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path | None = None,
             split: str = "test", reconstruction: LikelihoodSpec = None, likelihood: LikelihoodSpec = None,
             thresholds: StatsConfig | None = None, samples: int = 1000, seed: int = 0, label: str | None = None,
             title: str | None = None, batch_size: int = 1000, mi_images: int = 2000, batch_key: BatchKey = None,
-            input_fn: InputFn | None = None) -> InspectResult:
+            input_fn: InputFn | None = None, oracle: Mapping[str, Any] | None = None,
+            dimension: bool = True) -> InspectResult:
     """Measure one model and write ``out/report.html``, ``out/report.md``, ``out/figures/``, ``out/inspect.json``.
 
     ``model``: anything :func:`vaescope.as_latent_model` accepts. ``data``: anything
@@ -275,7 +298,10 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
     effects (:func:`vaescope.models.likelihoods.resolve_likelihood`; default: what the model says, else
     the Bernoulli on logits). ``samples``: prior samples for the generation check. ``mi_images``: the
     first examples over which I(x; z_j) is estimated for the criteria (its cost grows as their square;
-    0 leaves it out). The model comes back exactly as it was (every analysis runs under ``untouched``).
+    0 leaves it out). ``oracle``: ``{"sigma2": decoder variance, "beta": KL weight}`` adds the
+    linear-Gaussian closed form beside the measures (automatic for ``synthetic:linear=...`` data with a
+    fixed-variance Gaussian likelihood). ``dimension``: the TwoNN/MLE section (when scikit-dimension is
+    installed). The model comes back exactly as it was (every analysis runs under ``untouched``).
     """
     if reconstruction is not None and likelihood is not None:
         raise VaescopeError("inspect got both reconstruction= and likelihood=; pass likelihood= only")
@@ -292,7 +318,7 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
         example = first_batch(x, batch_size=2, batch_key=batch_key, input_fn=input_fn)
     ins = Inspection(adapter, x, described, split if from_split else None, label, thresholds, dec,
                      data_kind(example, dec.likelihood), stats, figure_sink(str(out)), recorded, source, samples,
-                     seed, batch_size, mi_images, batch_key, input_fn)
+                     seed, batch_size, mi_images, batch_key, input_fn, source=data, oracle=oracle, dimension=dimension)
     ins.results.update({
         "model": {"label": label, "description": adapter.describe(), "latent_shape": list(ins.shape or ()),
                   "reconstruction": dec.likelihood.name, "likelihood": dec.describe()},
@@ -322,6 +348,9 @@ def inspect_run(run_dir: str | Path, out: str | Path | None = None, split: str =
     directory = Path(run_dir)
     trace = directory if (directory / TRACE_FILE).is_file() else None
     options.setdefault("likelihood", run_likelihood(run.config.loss))
+    if is_linear_source(run.config.data.source):  # the closed form of the run's own objective
+        options.setdefault("oracle", {"sigma2": float(getattr(run.config.loss, "variance", 0.5)),
+                                      "beta": run.config.loss.beta})
     return inspect(run.model, dataset if dataset is not None else run.config.data.source,
                    out if out is not None else directory / "inspect", trace=trace, split=split,
                    thresholds=run.config.stats, label=f"{run.config.name} ({directory.name})", **options)
