@@ -8,7 +8,8 @@ The Python API::
 
 Any VAE (a module with encode/decode, a Normal-returning encoder, a pythae model, two functions)
 goes through ``vaescope.as_latent_model``; ``vaescope.LatentMonitor`` watches one while it trains,
-``vaescope.inspect`` writes a report on one.
+``vaescope.inspect`` writes a report on one; ``vaescope.LatentStatisticsMetric`` (torchmetrics) gives
+the same statistics from encodings a training step already holds.
 """
 
 from typing import Any
@@ -22,13 +23,15 @@ from vaescope.models.adapters import as_latent_model
 from vaescope.runs.checkpoint import Run, load_run
 from vaescope.sweeps.execute import sweep
 
-__all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "Run", "VaescopeError", "as_latent_model",
+__all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "LatentStatisticsMetric", "Run", "VaescopeError",
+           "as_latent_model",
            "criteria_table", "importance_weighted_bound", "inspect", "latent_statistics", "load_dataset", "load_run",
            "mutual_information", "sweep"]
 
 _LAZY = {"LatentMonitor": "integrations.monitor", "inspect": "inspection",  # these import matplotlib / the run files
          "mutual_information": "measures.information", "importance_weighted_bound": "measures.bound",
-         "criteria_table": "measures.criteria"}
+         "criteria_table": "measures.criteria",
+         "LatentStatisticsMetric": "integrations.metric"}  # imports torchmetrics, an optional extra
 
 
 def __getattr__(name: str) -> Any:
