@@ -87,7 +87,8 @@ def test_npz_uint8_and_float(tmp_path):
     (np.full((2, 4, 4), -0.1), "outside"),
     (np.array([[[np.nan] * 4] * 4] * 2), "NaN"),
     (np.zeros((2, 4, 4), np.int32), "dtype int32"),
-    (np.zeros((2, 15)), "must be square"),
+    (np.zeros((2, 15), np.uint8), "must be square"),
+    (np.zeros((2, 15)), "x_train is vectors"),  # float (N, D): vectors, but x_test holds images
 ])
 def test_npz_bad_values_are_refused(tmp_path, bad, message):
     path = tmp_path / "bad.npz"

@@ -120,9 +120,11 @@ def train(preset: str | None, config_file: Path | None, overrides: tuple[str, ..
 @click.option("--iwae-images", type=int, help="With --iwae: only the first N images of the split [all].")
 @click.option("--figure", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the criteria figure (active count against each threshold) as this PNG.")
+@click.option("--likelihood", metavar="NAME",
+              help="The decoder's likelihood: bernoulli, gaussian, gaussian:VARIANCE, gaussian:decoded, categorical, poisson, negative-binomial (for the gains and --iwae) [the run's loss.reconstruction].")
 def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | None,
           sigma2_threshold: float | None, kl_threshold: float | None, with_mi: bool, samples: int,
-          iwae: tuple[str, ...], iwae_images: int | None, figure: Path | None) -> None:
+          iwae: tuple[str, ...], iwae_images: int | None, figure: Path | None, likelihood: str | None) -> None:
     """Per-variable latent statistics of a trained RUN over a full split (the sparsity article's Table 1),
     with every activity criterion side by side; --mi and --iwae add the information measures."""
     import dataclasses
@@ -145,7 +147,7 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
         loaded.config, stats=dataclasses.replace(loaded.config.stats, **{k: v for k, v in given.items() if v is not None})
     )).stats
     result = run_measures(loaded, split=split, thresholds=thresholds, mutual_information=with_mi, iwae_ks=ks,
-                          samples=samples, iwae_images=iwae_images)
+                          samples=samples, iwae_images=iwae_images, likelihood=likelihood)
     if figure is not None:
         from vaescope.measures.criteria import threshold_sweeps
         from vaescope.reports.figures.common import save_png
@@ -157,7 +159,9 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(criteria_text(result.stats, result.criteria, result.mutual_information, result.iwae_bound,
-                                 title=f"{run} ({loaded.config.name}), {split} split, {result.stats.n} images"))
+                                 title=f"{run} ({loaded.config.name}), {split} split, {result.stats.n} examples"))
+        click.echo(f"likelihood of the gains: {result.gain.likelihood}")
+        click.echo(result.lesson.text())
 
 
 @main.command()
@@ -174,11 +178,14 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--samples", type=int, default=1000, show_default=True, help="Prior samples for the generation check.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder [RUN/inspect].")
+@click.option("--likelihood", metavar="NAME",
+              help="The decoder's likelihood: bernoulli, gaussian, gaussian:VARIANCE, gaussian:decoded, categorical, poisson, negative-binomial [a RUN's loss.reconstruction; else what the model says, else bernoulli].")
 def inspect(run: Path | None, model_ref: str | None, weights: Path | None, data: str | None, trace_dir: Path | None,
-            split: str, samples: int, out: Path | None) -> None:
+            split: str, samples: int, out: Path | None, likelihood: str | None) -> None:
     """One model's latent space as report.html (self-contained) and inspect.json: Table 1 with every
     activity criterion, the recorded trace, reconstruction gains, generation with inactive variables
-    zeroed, the variance law. Give a RUN directory, or --model with --data and --out."""
+    zeroed (images) or each variable's effect on the decoded data (vectors, tokens), the variance law,
+    and what it means. Give a RUN directory, or --model with --data and --out."""
     from vaescope.inspection import inspect as run_inspect
     from vaescope.inspection import inspect_run, load_user_model
 
@@ -189,7 +196,8 @@ def inspect(run: Path | None, model_ref: str | None, weights: Path | None, data:
     if run is not None:
         if weights or data or trace_dir:
             raise VaescopeError("--weights, --data and --trace go with --model; a RUN brings its own")
-        result = inspect_run(run, out, split=split, samples=samples)
+        result = inspect_run(run, out, split=split, samples=samples,
+                             **({} if likelihood is None else {"likelihood": likelihood}))
     else:
         if data is None or out is None:
             raise VaescopeError("--model needs --data (the images) and --out (the report's folder)")
@@ -198,9 +206,10 @@ def inspect(run: Path | None, model_ref: str | None, weights: Path | None, data:
         dataset = load_dataset(data)
         model = load_user_model(model_ref, dataset.image_shape, weights)  # type: ignore[arg-type]
         result = run_inspect(model, dataset, out, trace=trace_dir, split=split, samples=samples,
-                             label=model_ref)
+                             label=model_ref, likelihood=likelihood)
     stats = result.results["statistics"]
     click.echo(f"{stats['inactive_count']} of {stats['latent_dim']} variables inactive; report: {result.report}")
+    click.echo(result.results["lesson"]["text"])
 
 
 @main.command()

@@ -171,6 +171,8 @@ class Inspection:
     gain: ReconstructionGain | None = None
     mi: MutualInformation | None = None
     criteria: CriteriaTable | None = None
+    beta: float | None = None  # the KL weight and the fraction of a KL warm-up done, when known (the lesson)
+    warmup: float | None = None
     source: Any = None  # the data as given (a source names its training split, for the oracle)
     oracle: Mapping[str, Any] | None = None  # {"sigma2", "beta"}: the linear-Gaussian closed form to compare with
     dimension: bool = True
@@ -271,7 +273,7 @@ def known_answers(ins: Inspection) -> None:
 
 
 def meaning(ins: Inspection) -> None:
-    learned = lesson(ins.stats, criteria=ins.criteria)
+    learned = lesson(ins.stats, beta=ins.beta, warmup=ins.warmup, criteria=ins.criteria)
     ins.sections.append(lesson_section(learned))
     ins.results["lesson"] = learned.to_dict()
 
@@ -286,7 +288,7 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
             thresholds: StatsConfig | None = None, samples: int = 1000, seed: int = 0, label: str | None = None,
             title: str | None = None, batch_size: int = 1000, mi_images: int = 2000, batch_key: BatchKey = None,
             input_fn: InputFn | None = None, oracle: Mapping[str, Any] | None = None,
-            dimension: bool = True) -> InspectResult:
+            dimension: bool = True, beta: float | None = None, warmup: float | None = None) -> InspectResult:
     """Measure one model and write ``out/report.html``, ``out/report.md``, ``out/figures/``, ``out/inspect.json``.
 
     ``model``: anything :func:`vaescope.as_latent_model` accepts. ``data``: anything
@@ -301,7 +303,9 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
     0 leaves it out). ``oracle``: ``{"sigma2": decoder variance, "beta": KL weight}`` adds the
     linear-Gaussian closed form beside the measures (automatic for ``synthetic:linear=...`` data with a
     fixed-variance Gaussian likelihood). ``dimension``: the TwoNN/MLE section (when scikit-dimension is
-    installed). The model comes back exactly as it was (every analysis runs under ``untouched``).
+    installed). ``beta`` and ``warmup``: the KL weight and the fraction of a KL warm-up done, when known,
+    for the last section (:func:`vaescope.measures.lesson.lesson`). The model comes back exactly as it was
+    (every analysis runs under ``untouched``).
     """
     if reconstruction is not None and likelihood is not None:
         raise VaescopeError("inspect got both reconstruction= and likelihood=; pass likelihood= only")
@@ -318,7 +322,8 @@ def inspect(model: Any, data: Any, out: str | Path, *, trace: Trace | str | Path
         example = first_batch(x, batch_size=2, batch_key=batch_key, input_fn=input_fn)
     ins = Inspection(adapter, x, described, split if from_split else None, label, thresholds, dec,
                      data_kind(example, dec.likelihood), stats, figure_sink(str(out)), recorded, source, samples,
-                     seed, batch_size, mi_images, batch_key, input_fn, source=data, oracle=oracle, dimension=dimension)
+                     seed, batch_size, mi_images, batch_key, input_fn, source=data, oracle=oracle, dimension=dimension,
+                     beta=beta, warmup=warmup)
     ins.results.update({
         "model": {"label": label, "description": adapter.describe(), "latent_shape": list(ins.shape or ()),
                   "reconstruction": dec.likelihood.name, "likelihood": dec.describe()},
@@ -348,6 +353,8 @@ def inspect_run(run_dir: str | Path, out: str | Path | None = None, split: str =
     directory = Path(run_dir)
     trace = directory if (directory / TRACE_FILE).is_file() else None
     options.setdefault("likelihood", run_likelihood(run.config.loss))
+    options.setdefault("beta", run.config.loss.beta)
+    options.setdefault("warmup", 1.0)  # vaescope's training has no KL warm-up
     if is_linear_source(run.config.data.source):  # the closed form of the run's own objective
         options.setdefault("oracle", {"sigma2": float(getattr(run.config.loss, "variance", 0.5)),
                                       "beta": run.config.loss.beta})

@@ -67,6 +67,9 @@ class LossConfig:
     objective: str = "elbo"
     # The Gaussian decoder's variance ("elbo"), and where "balanced" and "learned-variance" start.
     variance: float = 0.5
+    # The Gaussian decoder's mean: "sigmoid" of its output (images in [0, 1]), or "identity", the
+    # output itself (vectors of any range, e.g. --data vectors.npz with x_train (N, D) float).
+    link: str = "sigmoid"
     # "balanced": the weight of each batch's mean squared error in the running mean (theirs: 0.01).
     balance_rate: float = 0.01
 
@@ -287,6 +290,9 @@ def validate(config: Config) -> Config:
     need(m.conv_dense >= 1, "model.conv_dense", f"is {m.conv_dense}; it must be at least 1")
     need(loss.reconstruction in ("bernoulli", "gaussian"), "loss.reconstruction",
          f"is {loss.reconstruction!r}; use 'bernoulli' or 'gaussian'")
+    need(loss.link in ("sigmoid", "identity"), "loss.link", f"is {loss.link!r}; use 'sigmoid' or 'identity'")
+    need(loss.link == "sigmoid" or loss.reconstruction == "gaussian", "loss.link",
+         f"is {loss.link!r}, the mean of a Gaussian decoder; set loss.reconstruction = 'gaussian'")
     need(loss.objective in OBJECTIVES, "loss.objective",
          f"is {loss.objective!r}; use one of: {', '.join(OBJECTIVES)}")
     need(loss.objective == "elbo" or loss.reconstruction == "gaussian", "loss.objective",

@@ -1,7 +1,9 @@
 """Datasets: what every source ends as, the entry point, the checks, binarisation.
 
 Every source ends as a :class:`Dataset` of images shaped ``(N, C, H, W)`` with values in [0, 1]
-(stored as uint8 when the source is 8-bit, float32 otherwise) and optional integer labels. The
+(stored as uint8 when the source is 8-bit, float32 otherwise), or of vectors ``(N, D)`` float32 of any
+range (an ``.npz`` whose ``x_train`` is a 2-D float array that is not flattened square images in
+[0, 1]), and optional integer labels. The
 sources: the embedded MNIST default (:mod:`vaescope.data.mnist`), Fashion-MNIST, IDX directories and
 ``.npz`` files (:mod:`vaescope.data.readers`, every read bounded by ``data.max_bytes``), and images
 drawn from known factors (:mod:`vaescope.data.synthetic`). Bad input becomes one :class:`VaescopeError`
@@ -33,7 +35,9 @@ IDX_NAMES = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images ``(N, C, H, W)`` in [0, 1] (uint8 means value/255) and labels ``(N,)`` or None."""
+    """Images ``(N, C, H, W)`` in [0, 1] (uint8 means value/255), or vectors ``(N, D)`` float32 of any
+    range (:func:`is_vectors`), and labels ``(N,)`` or None. ``image_shape`` is the per-example shape,
+    ``(D,)`` for vectors."""
 
     name: str
     x_train: np.ndarray
@@ -42,8 +46,13 @@ class Dataset:
     y_test: np.ndarray | None
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_vectors(self) -> bool:
+        """True for vectors ``(N, D)``, False for images ``(N, C, H, W)``."""
+        return self.x_train.ndim == 2
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         if name == "train":
@@ -74,8 +83,31 @@ def cache_dir() -> Path:
 
 # ---------------------------------------------------------------------------- checks
 
-def _check_images(x: np.ndarray, where: str) -> np.ndarray:
-    """Normalise to ``(N, C, H, W)`` and check values; uint8 kept, floats must lie in [0, 1]."""
+def is_vectors(x: np.ndarray) -> bool:
+    """A 2-D float array is vectors ``(N, D)`` unless D is a square and every value lies in [0, 1]
+    (then it is flattened square images, read as ``(N, 1, H, W)`` as before)."""
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        return False
+    side = int(round(x.shape[1] ** 0.5))
+    in_unit = bool(x.size) and float(np.nanmin(x)) >= 0.0 and float(np.nanmax(x)) <= 1.0
+    return side * side != x.shape[1] or not in_unit
+
+
+def _check_vectors(x: np.ndarray, where: str) -> np.ndarray:
+    """Vectors ``(N, D)`` float32, finite."""
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise VaescopeError(f"{where} contains NaN or infinite values; clean the data")
+    if len(x) == 0 or x.shape[1] == 0:
+        raise VaescopeError(f"{where} holds no vectors (shape {x.shape}); check the file")
+    return x
+
+
+def _check_images(x: np.ndarray, where: str, vectors: bool = True) -> np.ndarray:
+    """Normalise to ``(N, C, H, W)`` and check values; uint8 kept, floats must lie in [0, 1]. With ``vectors``,
+    a 2-D float array that is not flattened square images in [0, 1] is vectors ``(N, D)`` (:func:`is_vectors`)."""
+    if vectors and is_vectors(x):
+        return _check_vectors(x, where)
     if x.dtype == np.uint8:
         pass
     elif np.issubdtype(x.dtype, np.floating):
@@ -85,15 +117,17 @@ def _check_images(x: np.ndarray, where: str) -> np.ndarray:
         if x.size and (x.min() < 0.0 or x.max() > 1.0):
             raise VaescopeError(
                 f"{where} has values in [{x.min():g}, {x.max():g}], outside [0, 1]; "
-                "scale images to [0, 1] or store them as uint8"
+                "scale images to [0, 1] or store them as uint8 (vectors of any range: an (N, D) float array)"
             )
     else:
-        raise VaescopeError(f"{where} has dtype {x.dtype}; store images as uint8 or float in [0, 1]")
+        raise VaescopeError(f"{where} has dtype {x.dtype}; store images as uint8 or float in [0, 1], "
+                            "vectors as float (N, D)")
     if x.ndim == 2:  # (N, D): a flattened square image
         side = int(round(x.shape[1] ** 0.5))
         if side * side != x.shape[1]:
             raise VaescopeError(
-                f"{where} has shape {x.shape}: flattened images must be square; reshape to (N, H, W)"
+                f"{where} has shape {x.shape}: flattened images must be square; reshape to (N, H, W), "
+                "or store vectors as float (N, D)"
             )
         x = x.reshape(len(x), 1, side, side)
     elif x.ndim == 3:
@@ -118,9 +152,19 @@ def _check_labels(y: np.ndarray | None, n: int, where: str) -> np.ndarray | None
     return y.astype(np.int64, copy=False)
 
 
-def _make(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any, where: str) -> Dataset:
-    x_train = _check_images(np.asarray(x_train), f"{where}: x_train")
-    x_test = _check_images(np.asarray(x_test), f"{where}: x_test")
+def _make(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any, where: str,
+          vectors: bool = True) -> Dataset:
+    """A checked :class:`Dataset`; ``vectors`` False for sources that hold images only (IDX, MNIST)."""
+    x_train = _check_images(np.asarray(x_train), f"{where}: x_train", vectors)
+    x_test = np.asarray(x_test)
+    if vectors and x_train.ndim == 2 and x_test.ndim == 2 and np.issubdtype(x_test.dtype, np.floating):
+        x_test = _check_vectors(x_test, f"{where}: x_test")  # vectors: both splits, whatever their range
+    else:
+        x_test = _check_images(x_test, f"{where}: x_test")
+    if x_train.ndim != x_test.ndim:
+        raise VaescopeError(f"{where}: x_train is {'vectors' if x_train.ndim == 2 else 'images'} {x_train.shape[1:]} "
+                            f"but x_test {'vectors' if x_test.ndim == 2 else 'images'} {x_test.shape[1:]}; store both "
+                            "splits alike (vectors: (N, D) float)")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise VaescopeError(
             f"{where}: x_train images are {x_train.shape[1:]} but x_test images are "

@@ -202,10 +202,10 @@ def read_mnist_pickle(path: str | os.PathLike[str], check_hash: bool = True,
             raise VaescopeError(f"{path} holds labels of shape {y.shape} and dtype {y.dtype}; expected integer (N,)")
     x_train = np.concatenate([x_tr, x_va])
     y_train = np.concatenate([y_tr, y_va])
-    _check_images(x_train, f"{path}: images")  # NaN and range checks
-    _check_images(x_te, f"{path}: test images")
+    _check_images(x_train, f"{path}: images", vectors=False)  # NaN and range checks
+    _check_images(x_te, f"{path}: test images", vectors=False)
     to_bytes = lambda x: np.clip(np.rint(x * 256.0), 0, 255).astype(np.uint8)
-    return _make("mnist", to_bytes(x_train), y_train, to_bytes(x_te), y_te, str(path))
+    return _make("mnist", to_bytes(x_train), y_train, to_bytes(x_te), y_te, str(path), vectors=False)
 
 
 # ---------------------------------------------------------------------------- MNIST

@@ -253,4 +253,4 @@ def load_idx_dir(directory: str | os.PathLike[str], name: str | None = None,
         if arrays[key].dtype != np.uint8:
             raise VaescopeError(f"{_find_idx(directory, IDX_NAMES[key])} is not a uint8 image file")
     return _make(name or directory.name, arrays["x_train"], arrays["y_train"], arrays["x_test"],
-                 arrays["y_test"], str(directory))
+                 arrays["y_test"], str(directory), vectors=False)

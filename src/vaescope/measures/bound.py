@@ -173,9 +173,10 @@ def importance_weighted_bound(
             generator = torch.Generator(device=device).manual_seed(seed)
         for x in model_batches(model, images, batch_size=max(1, rows // pool), batch_key=batch_key,
                                input_fn=input_fn, device=device, limit=limit):
-            if dec is None:  # the latent size from the first two examples, for inferring the likelihood
-                dec = decoder(model, likelihood if likelihood is not None else kind,
-                              encode(model, x[:2])[0].shape[1], device)
+            if dec is None:  # inferring the likelihood needs the latent size: from the first two examples
+                spec = likelihood if likelihood is not None else kind
+                dim = None if spec is not None or model.latent_dim else encode(model, x[:2])[0].shape[1]
+                dec = decoder(model, spec, dim, device)
             dec.likelihood.check(x)
             log_w = log_weights(model, dec, x, pool, generator, rows)         # (pool, b)
             for i, k in enumerate(ks):

@@ -79,10 +79,12 @@ def reconstruction_gain(
     with untouched(model):
         dec = None
         for batch in model_batches(model, x, batch_size=batch_size, batch_key=batch_key, input_fn=input_fn):
-            mu, _ = encode(model, batch)  # (B, D)
-            if dec is None:
-                dec = decoder(model, likelihood if likelihood is not None else kind, mu.shape[1])
+            if dec is None:  # inferring the likelihood needs the latent size: from the first two examples
+                spec = likelihood if likelihood is not None else kind
+                dim = None if spec is not None or model.latent_dim else encode(model, batch[:2])[0].shape[1]
+                dec = decoder(model, spec, dim)
             dec.likelihood.check(batch)
+            mu, _ = encode(model, batch)  # (B, D)
             if silenced:
                 mu[:, silenced] = 0.0
             if chosen is None:

@@ -101,6 +101,10 @@ def _law(stats: LatentStatistics, beta: float | None, warmup: float | None, tole
                "train on past its end and measure again")
     elif beta is not None and beta != 1.0:
         why = f"the KL term is weighted (beta = {beta:g}, not 1)"
+    elif beta is not None and warmup is not None:
+        why = "the training has not converged (the KL weight is beta = 1, with no warm-up): train longer"
+    elif beta is not None:
+        why = "the training has not converged, or a KL warm-up is still under way (beta = 1)"
     else:
         why = ("the training has not converged, or the KL term is weighted (beta != 1, or a KL warm-up still "
                "under way)")
@@ -124,7 +128,7 @@ def lesson(stats: LatentStatistics, *, beta: float | None = None, warmup: float 
     """What ``stats`` mean for the model (see the module docstring).
 
     ``beta``: the KL weight the model was trained with, when known. ``warmup``: the fraction of a KL
-    warm-up done (1 or None: none under way). ``criteria``: the full criteria table (with I(x; z_j) and
+    warm-up done (1: none under way, e.g. vaescope's own training, which has none; None: not known). ``criteria``: the full criteria table (with I(x; z_j) and
     the gains) for the "in between" statement; default: the table of ``stats`` alone.
     """
     statements = [_activity(stats), _law(stats, beta, warmup, law_tolerance)]

@@ -17,7 +17,9 @@ from vaescope.measures.criteria import CriteriaTable, criteria_table
 from vaescope.measures.gains import ReconstructionGain, reconstruction_gain
 from vaescope.measures.bound import ImportanceWeightedBound, importance_weighted_bound
 from vaescope.measures.information import MutualInformation
+from vaescope.measures.lesson import Lesson, lesson
 from vaescope.measures.information import mutual_information as estimate_information
+from vaescope.measures.reading import LikelihoodSpec
 from vaescope.measures.statistics import LatentStatistics, latent_statistics
 from vaescope.models.likelihoods import run_likelihood
 from vaescope.runs.checkpoint import Run, load_run
@@ -70,6 +72,13 @@ class RunMeasures:
     criteria: CriteriaTable
     mutual_information: MutualInformation | None = None
     iwae_bound: ImportanceWeightedBound | None = None
+    beta: float | None = None
+
+    @property
+    def lesson(self) -> Lesson:
+        """What the numbers mean (:func:`vaescope.measures.lesson.lesson`, with the run's beta; vaescope's
+        training has no KL warm-up)."""
+        return lesson(self.stats, beta=self.beta, warmup=1.0, criteria=self.criteria)  # vaescope trains without warm-up
 
     def to_dict(self) -> dict[str, Any]:
         """``stats.to_dict`` plus, per variable, ``mi`` (null without ``--mi``), ``reconstruction_gain``,
@@ -86,6 +95,8 @@ class RunMeasures:
             payload["mutual_information"] = self.mutual_information.to_dict()
         if self.iwae_bound is not None:
             payload["iwae_bound"] = self.iwae_bound.to_dict()
+        payload["reconstruction_likelihood"] = self.gain.likelihood
+        payload["lesson"] = self.lesson.to_dict()
         return payload
 
 
@@ -99,11 +110,14 @@ def run_measures(
     samples: int = 1,
     iwae_images: int | None = None,
     write: bool = True,
+    likelihood: LikelihoodSpec = None,
 ) -> RunMeasures:
     """:func:`run_statistics`, the reconstruction gains and every activity criterion of a run over
     ``split``; with ``mutual_information``, I(x; z) and I(x; z_j) (``samples`` codes per image);
     with ``iwae_ks``, the importance-weighted bound of each K (on the first ``iwae_images``
-    images, default all). With ``write``, saved as ``stats-<split>.json`` and ``.csv``."""
+    images, default all). ``likelihood``: the decoder's likelihood for the gains and the bound (default:
+    the one the run trained with, :func:`vaescope.models.likelihoods.run_likelihood`). With ``write``,
+    saved as ``stats-<split>.json`` and ``.csv``."""
 
     if not isinstance(run, Run):
         run = load_run(run)
@@ -115,7 +129,7 @@ def run_measures(
     model = run.model.to(device)
     mi = bound = None
     with cpu_settings(run.config.train.threads):
-        likelihood = run_likelihood(run.config.loss)
+        likelihood = likelihood if likelihood is not None else run_likelihood(run.config.loss)
         gain = reconstruction_gain(model, x, likelihood=likelihood, batch_size=2000)
         if mutual_information:
             mi = estimate_information(model, x, samples=samples)
@@ -123,7 +137,7 @@ def run_measures(
             bound = importance_weighted_bound(model, x, iwae_ks, likelihood=likelihood, binarize=binarize,
                                               limit=iwae_images)
     table = criteria_table(stats, None if mi is None else mi.per_variable, gain.gain)
-    result = RunMeasures(split, binarize, stats, gain, table, mi, bound)
+    result = RunMeasures(split, binarize, stats, gain, table, mi, bound, beta=run.config.loss.beta)
     if write:
         payload = result.to_dict()
         atomic_write_json(run.directory / f"stats-{split}.json", payload)

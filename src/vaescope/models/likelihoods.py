@@ -458,21 +458,14 @@ def resolve_likelihood(spec: str | Likelihood | Callable[..., torch.Tensor] | No
                         "('gaussian:decoded' for (mean, logvar), 'negative-binomial' for (mean, log_theta), ...)")
 
 
-# What ``loss.reconstruction`` of a run's config names: the likelihood its decoder was trained with.
-RUN_RECONSTRUCTIONS = ("bernoulli", "gaussian", "gaussian-linear")
-
-
 def run_likelihood(loss: Any) -> Likelihood:
-    """The likelihood of a run trained with the loss config ``loss``: "bernoulli" is the Bernoulli on
-    logits; "gaussian" the Gaussian around sigmoid(logits) (images) and "gaussian-linear" the Gaussian
-    whose mean is the decoder's output itself (vectors), each with the variance ``loss.variance``
-    (1/2 when the config has none)."""
+    """The likelihood of a run trained with the loss config ``loss``: ``loss.reconstruction`` "bernoulli"
+    is the Bernoulli on logits; "gaussian" the Gaussian of variance ``loss.variance`` (1/2 when the
+    config has none) around sigmoid(output) (``loss.link`` "sigmoid", images) or the output itself
+    ("identity", vectors)."""
     kind = loss.reconstruction
-    variance = float(getattr(loss, "variance", 0.5))
     if kind == "bernoulli":
         return Bernoulli(logits=True)
     if kind == "gaussian":
-        return Gaussian(variance, link="sigmoid")
-    if kind == "gaussian-linear":
-        return Gaussian(variance, link="identity")
-    raise VaescopeError(f"loss.reconstruction is {kind!r}; use one of {', '.join(RUN_RECONSTRUCTIONS)}")
+        return Gaussian(float(getattr(loss, "variance", 0.5)), link=getattr(loss, "link", "sigmoid"))
+    raise VaescopeError(f"loss.reconstruction is {kind!r}; use 'bernoulli' or 'gaussian'")

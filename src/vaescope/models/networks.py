@@ -63,6 +63,9 @@ class ConvVAE(nn.Module):
     def __init__(self, image_shape: tuple[int, ...], channels: tuple[int, ...], dense: int,
                  latent_dim: int) -> None:
         super().__init__()
+        if len(image_shape) != 3:
+            raise VaescopeError(f"model.kind 'conv' needs images (C, H, W); the data are {tuple(image_shape)} per "
+                                "example (vectors); use model.kind='dense'")
         c, h, w = image_shape
         if h % 4 or w % 4:
             raise VaescopeError(

@@ -60,17 +60,19 @@ def reconstruction_error(logits: torch.Tensor, x: torch.Tensor, kind: str = "ber
 
 
 def log_likelihood(logits: torch.Tensor, x: torch.Tensor, kind: str = "bernoulli",
-                   variance: float = 0.5) -> torch.Tensor:
+                   variance: float = 0.5, link: str = "sigmoid") -> torch.Tensor:
     """log P(X|z), normalised, summed over pixels: ``(B, ...)`` logits and targets -> ``(B,)`` nats.
 
     ``bernoulli``: minus the cross-entropy, a normalised likelihood for binary targets (on grey
     levels it is the usual cross-entropy, not a probability of the data). ``gaussian``: the
     density of N(sigmoid(logits), variance) (:func:`gaussian_reconstruction` plus its constant);
-    at the default 1/2, -sum (x - m)^2 - (P / 2) log(pi) for P pixels.
+    at the default 1/2, -sum (x - m)^2 - (P / 2) log(pi) for P pixels; ``link`` "identity": the mean
+    is the output itself (vectors).
     """
-    if kind == "gaussian" and variance != 0.5:
+    if kind == "gaussian" and (variance != 0.5 or link != "sigmoid"):
         pixels = x[0].numel()
-        return -(gaussian_reconstruction(squared_error(logits, x), variance, pixels) + 0.5 * pixels * math.log(math.pi))
+        error = squared_error(logits, x, link)
+        return -(gaussian_reconstruction(error, variance, pixels) + 0.5 * pixels * math.log(math.pi))
     error = reconstruction_error(logits, x, kind)
     if kind == "gaussian":
         error = error + 0.5 * x[0].numel() * math.log(math.pi)
@@ -84,9 +86,11 @@ def log_likelihood(logits: torch.Tensor, x: torch.Tensor, kind: str = "bernoulli
 LOG_VARIANCE_FLOOR = -12.0
 
 
-def squared_error(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """|sigmoid(logits) - x|^2 summed over pixels: ``(B, ...)`` logits and targets -> ``(B,)``."""
-    return (torch.sigmoid(logits.flatten(1)) - x.flatten(1)).square().sum(1)
+def squared_error(logits: torch.Tensor, x: torch.Tensor, link: str = "sigmoid") -> torch.Tensor:
+    """|m - x|^2 summed over pixels, m = sigmoid(logits) (``link`` "sigmoid", images) or the decoder's
+    output itself ("identity", vectors): ``(B, ...)`` outputs and targets -> ``(B,)``."""
+    mean = torch.sigmoid(logits.flatten(1)) if link == "sigmoid" else logits.flatten(1)
+    return (mean - x.flatten(1)).square().sum(1)
 
 
 def gaussian_reconstruction(error: torch.Tensor, variance: torch.Tensor | float, pixels: int) -> torch.Tensor:
@@ -248,7 +252,7 @@ def loss_terms(
     error = used = None
     if loss.reconstruction == "gaussian":
         pixels = x[0].numel()
-        error = squared_error(logits, x)
+        error = squared_error(logits, x, loss.link)
         used = variance.variance(error, pixels) if variance is not None else stateless_variance(loss, error, pixels)
         reconstruction = gaussian_reconstruction(error, used, pixels)
     else:

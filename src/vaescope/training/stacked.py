@@ -238,7 +238,7 @@ def stacked_loss_terms(stack: StackedDenseVAE, x: torch.Tensor, losses: Sequence
     error = used = None
     if losses[0].reconstruction == "gaussian" and variances is not None:
         pixels = math.prod(x.shape[2:])
-        error = squared_error(logits.reshape(m * b, -1), x.reshape(m * b, -1)).view(m, b)
+        error = squared_error(logits.reshape(m * b, -1), x.reshape(m * b, -1), losses[0].link).view(m, b)
         used = [variances[i].variance(error[i], pixels) for i in range(m)]
         reconstruction = torch.stack([gaussian_reconstruction(error[i], used[i], pixels) for i in range(m)])
     else:

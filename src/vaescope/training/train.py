@@ -125,10 +125,29 @@ def _check_finished_files(out: Path) -> bool:
     return check.intact
 
 
+def check_fit(config: Config, data: Dataset) -> None:
+    """Vectors ``(N, D)`` train with a Gaussian decoder whose mean is its output (``loss.link = "identity"``)
+    unless they lie in [0, 1]; binarisation is for images. One line naming the keys to set otherwise."""
+    if not data.is_vectors:
+        return
+    if config.data.binarize != "none":
+        raise VaescopeError(f"data.binarize is {config.data.binarize!r}, but {data.name} holds vectors "
+                            f"{data.image_shape}; binarisation is for images: set data.binarize = 'none'")
+    low, high = float(data.x_train.min()), float(data.x_train.max())
+    if config.loss.reconstruction == "bernoulli" or config.loss.link == "sigmoid":
+        if low < 0.0 or high > 1.0:
+            raise VaescopeError(
+                f"{data.name} holds vectors {data.image_shape} with values in [{low:.4g}, {high:.4g}], which a "
+                f"{config.loss.reconstruction} decoder on sigmoid outputs cannot produce; train a Gaussian decoder "
+                "whose mean is its output: --set loss.reconstruction=gaussian --set loss.link=identity "
+                "(and loss.variance=V for its variance)")
+
+
 @dataclass
 class RunTensors:
-    """The images a run trains and measures on, on its device: ``x_train`` and ``x_test``
-    ``(N, C, H, W)`` as stored (uint8 or float), ``subset`` the trace's first test images as float."""
+    """The data a run trains and measures on, on its device: ``x_train`` and ``x_test``
+    ``(N, C, H, W)`` images as stored (uint8 or float) or ``(N, D)`` vectors, ``subset`` the trace's first
+    test examples as float."""
 
     x_train: torch.Tensor
     x_test: torch.Tensor
@@ -246,6 +265,7 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
     t_cfg = config.train
     device = select_device(t_cfg.device)
     data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
+    check_fit(config, data)
     tensors = run_tensors(config, data, device)
     subset = tensors.subset
     every = trace_interval(config, len(tensors.x_train))
