@@ -14,6 +14,13 @@ The convention: HTML comments right above a block (no blank line between) tell h
   test overrides and data (the block's own overrides still win);
 - ``<!-- docs-test: run -->`` (bash): its `vaescope` commands run for real, beside the tiny runs;
 - ``<!-- docs-test: skip=REASON -->``: not run; reported as skipped with REASON (keep it rare);
+- ``<!-- docs-test: continue -->`` (python): runs after the page's previous python block, in its
+  namespace and working directory (one test for the chain, so a worked example reads in steps);
+- ``<!-- docs-test: slow -->`` (python, on a chain's first block): the chain is ``@pytest.mark.slow``;
+- ``<!-- docs-test: output -->`` (text): what the python blocks above it (since the previous output
+  block of their chain) print: the same lines and words, the same integers, and decimals within
+  10% + 0.02 (another machine's floating-point order moves a trained model's numbers a little;
+  on the machine the page names they match exactly);
 - ``<!-- NAME-example -->``: a marker by which other tests read the block (:func:`marked_block`).
 
 An unknown ``docs-test:`` directive fails the test.
@@ -26,10 +33,14 @@ the tiny test dataset of ``conftest.py`` (8x8 bars, 512 training and 128 test im
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -43,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "_hooks" not in p.parts)]
 # a fenced block and the HTML comment lines right above it
 BLOCK = re.compile(r"((?:^<!--[^\n]*-->[ \t]*\n)*)^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
-DIRECTIVE = re.compile(r"docs-test: (setup=tiny_run|setup=tiny_config|run|skip=.+)")
+DIRECTIVE = re.compile(r"docs-test: (setup=tiny_run|setup=tiny_config|run|skip=.+|continue|slow|output)")
 SUBSTITUTIONS = {'load_dataset("mnist")': "load_dataset(__docs_tiny_npz__)", "every=50": "every=2"}
 
 
@@ -76,6 +87,53 @@ def marked_block(marker: str) -> str:
 
 
 PYTHON, BASH, TOML = _blocks("python"), _blocks("bash"), _blocks("toml")
+
+
+def _chains() -> list:
+    """The python blocks as the tests run them: a block with ``continue`` joins the page's chain
+    before it; ``output`` text blocks join the chain above them. Each chain is a
+    ``pytest.param(where, comments, parts)``, ``parts`` a list of ``("python" | "output", where, text)``."""
+    chains: list[tuple[str, list[str], list[tuple[str, str, str]]]] = []
+    for page in PAGES:
+        text, open_chain = page.read_text(), None
+        for m in BLOCK.finditer(text):
+            where = f"{page.relative_to(ROOT)}:{text[: m.start(2)].count(chr(10)) + 1}"
+            comments = re.findall(r"<!--\s*(.*?)\s*-->", m.group(1))
+            directives = _directives(where, comments)
+            if m.group(2) == "text" and "output" in directives:
+                assert open_chain is not None, f"{where}: an output block with no python block above it"
+                open_chain[2].append(("output", where, m.group(3)))
+            elif m.group(2) == "python" and "continue" in directives:
+                assert open_chain is not None, f"{where}: <!-- docs-test: continue --> with no python block before it"
+                assert directives == ["continue"], f"{where}: a continued block takes its chain's set-up"
+                open_chain[2].append(("python", where, m.group(3)))
+            elif m.group(2) == "python":
+                open_chain = (where, comments, [("python", where, m.group(3))])
+                chains.append(open_chain)
+    return [pytest.param(where, comments, parts, id=where,
+                         marks=[pytest.mark.slow] if "docs-test: slow" in comments else [])
+            for where, comments, parts in chains]
+
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def same_output(printed: str, expected: str) -> str | None:
+    """None when ``printed`` reads as ``expected`` (the ``output`` directive's rule), else why not."""
+    got, want = printed.strip("\n").splitlines(), expected.strip("\n").splitlines()
+    if len(got) != len(want):
+        return f"{len(got)} lines printed, {len(want)} in the page:\n{printed}"
+    for line, page_line in zip(got, want):
+        if NUMBER.split(line) != NUMBER.split(page_line):
+            return f"printed {line!r}, the page says {page_line!r}"
+        for a, b in zip(NUMBER.findall(line), NUMBER.findall(page_line)):
+            decimal = any(c in b for c in ".eE")
+            if (not decimal and a != b) or (decimal and abs(float(a) - float(b)) > 0.1 * abs(float(b)) + 0.02):
+                return f"printed {line!r}, the page says {page_line!r} ({a} against {b})"
+    return None
+
+
+CHAINS = _chains()
 
 
 def _ids(blocks: list[tuple[str, list[str], str]]) -> list[str]:
@@ -118,13 +176,43 @@ def test_the_pages_hold_examples() -> None:  # a parse that found nothing would 
 # lightning's advice for a real machine, about the tiny data: not what an example is run for
 @pytest.mark.filterwarnings("ignore:The number of training batches .* is smaller than the logging interval")
 @pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
-@pytest.mark.parametrize("where, comments, code", PYTHON, ids=_ids(PYTHON))
-def test_python_block_runs(where, comments, code, tmp_path, monkeypatch, request, tiny_npz) -> None:
+@pytest.mark.parametrize("where, comments, parts", CHAINS)
+def test_python_block_runs(where, comments, parts, tmp_path, monkeypatch, request, tiny_npz) -> None:
     _set_up(_directives(where, comments), where, tmp_path, monkeypatch, request)
-    for docs, tiny in SUBSTITUTIONS.items():
-        code = code.replace(docs, tiny)
     namespace = {"__name__": "__main__", "__docs_tiny_npz__": str(tiny_npz)}
-    exec(compile(code, where, "exec"), namespace)  # noqa: S102 (the docs' own example)
+    printed = io.StringIO()
+    for kind, part_where, text in parts:
+        if kind == "output":
+            problem = same_output(printed.getvalue(), text)
+            assert problem is None, f"{part_where}: {problem}"
+            printed = io.StringIO()
+            continue
+        for docs, tiny in SUBSTITUTIONS.items():
+            text = text.replace(docs, tiny)
+        with contextlib.redirect_stdout(_Tee(printed, sys.stdout)):
+            exec(compile(text, part_where, "exec"), namespace)  # noqa: S102 (the docs' own example)
+
+
+class _Tee(io.TextIOBase):
+    """Writes to both: what a block prints is checked and still shown (``pytest -s``)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+
+def test_the_output_check_can_fail() -> None:  # the control: a wrong count, word or decimal is caught
+    page = "active 0 of 4, KL 0.012 nats\nrevived: 4 of 4 (Var(mu) 0.61)"
+    assert same_output("active 0 of 4, KL 0.013 nats\nrevived: 4 of 4 (Var(mu) 0.64)\n", page) is None
+    for wrong in ("active 1 of 4, KL 0.012 nats\nrevived: 4 of 4 (Var(mu) 0.61)",
+                  "active 0 of 4, KL 0.012 nats\nrevive: 4 of 4 (Var(mu) 0.61)",
+                  "active 0 of 4, KL 0.012 nats\nrevived: 4 of 4 (Var(mu) 0.71)",
+                  "active 0 of 4, KL 0.012 nats"):
+        assert same_output(wrong, page) is not None
 
 
 # ---------------------------------------------------------------------------- bash blocks
