@@ -399,3 +399,21 @@ def test_stats_command_reports_every_criterion_and_the_measures(tiny_config, tmp
     for bad in (["--iwae", "0"], ["--iwae", "ten"], ["--samples", "0"]):
         refused = invoke(*bad)
         assert refused.exit_code == 2 and refused.output.count("\n") == 1 and bad[0] in refused.output
+
+
+def test_above_max_points_the_information_is_estimated_on_a_stated_subsample() -> None:
+    from vaescope.measures.information import subsample_rows
+
+    model = GaussianCode(torch.full((2,), -1.0))
+    x = torch.randn(300, 1, 1, 2, generator=torch.Generator().manual_seed(0))
+    sub = mutual_information(model, x, max_points=120, seed=7)
+    keep = subsample_rows(300, 120, 7)
+    assert keep is not None and len(np.unique(keep)) == 120 and list(keep) == sorted(keep)
+    # the same estimate as over those rows given directly, with the ceiling log M of M = 120 rows
+    direct = mutual_information(model, x[torch.as_tensor(keep)], seed=7)
+    assert sub.joint == pytest.approx(direct.joint, rel=1e-12) and sub.n == 120 and sub.total == 300
+    assert sub.log_n == pytest.approx(math.log(120))
+    info = sub.to_dict()
+    assert info["subsample"] == {"points": 120, "of": 300, "seed": 7}
+    assert "a random subsample of 120 of the 300 points (seed 7)" in info["description"]
+    assert mutual_information(model, x).to_dict()["subsample"] is None  # 300 <= 10,000: every point

@@ -131,3 +131,17 @@ def test_control_a_plain_forward_changes_what_the_fingerprint_sees() -> None:
     assert after["buffers"]["enc.1.num_batches_tracked"] != before["buffers"]["enc.1.num_batches_tracked"]
     assert rng_fingerprint()["torch"] != streams["torch"]
     assert not torch.equal(mu, model.encode(DATA)[0])  # two train-mode calls differ
+
+
+def test_run_measures_leave_the_random_states_as_they_were(tiny_config, tmp_path) -> None:
+    from vaescope.measures.run import run_measures
+    from vaescope.training.train import train
+
+    train(tiny_config, tmp_path / "run", progress=False)
+    streams = rng_fingerprint()
+    first = run_measures(tmp_path / "run", mutual_information=True, iwae_ks=(1, 4), iwae_images=16, write=False)
+    assert rng_fingerprint() == streams
+    second = run_measures(tmp_path / "run", mutual_information=True, iwae_ks=(1, 4), iwae_images=16, write=False)
+    assert first.to_dict()["criteria"] == second.to_dict()["criteria"]
+    np.testing.assert_array_equal(first.iwae_bound.bounds, second.iwae_bound.bounds)
+    assert first.mutual_information.joint == second.mutual_information.joint

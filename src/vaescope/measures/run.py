@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from vaescope.core.config import StatsConfig
 from vaescope.core.device import cpu_settings, select_device
@@ -26,6 +27,15 @@ from vaescope.runs.checkpoint import Run, load_run
 from vaescope.runs.files import STATS_COLUMNS, rows_to_csv
 
 
+def _loaded(run: Run | str | Path) -> Run:
+    """The run, loaded when a path is given; building its model draws initial weights from torch's global
+    generator, so that is done on a copy of the generator's state (the caller's draws stay as they were)."""
+    if isinstance(run, Run):
+        return run
+    with torch.random.fork_rng(devices=[]):
+        return load_run(run)
+
+
 def run_statistics(
     run: Run | str | Path,
     split: str = "test",
@@ -35,8 +45,7 @@ def run_statistics(
 ) -> LatentStatistics:
     """Latent statistics of a run over the full ``split`` of its dataset; with ``write``, saved as
     ``stats-<split>.json`` and ``.csv`` in the run directory."""
-    if not isinstance(run, Run):
-        run = load_run(run)
+    run = _loaded(run)
     device = select_device(run.config.train.device)
     data = dataset if dataset is not None else load_dataset(run.config.data.source, run.config.data.max_bytes)
     x = measured_images(data, split, run.config.data.binarize)
@@ -119,8 +128,7 @@ def run_measures(
     the one the run trained with, :func:`vaescope.models.likelihoods.run_likelihood`). With ``write``,
     saved as ``stats-<split>.json`` and ``.csv``."""
 
-    if not isinstance(run, Run):
-        run = load_run(run)
+    run = _loaded(run)
     data = dataset if dataset is not None else load_dataset(run.config.data.source, run.config.data.max_bytes)
     stats = run_statistics(run, split, thresholds, data, write=False)
     binarize = run.config.data.binarize
