@@ -33,3 +33,10 @@ def test_bench_scale_from_the_command_line_at_a_tiny_size():
     payload = json.loads(result.output)
     assert payload["scale"]["n"] == 5000 and payload["scale"]["dim"] == 50 and payload["scale"]["naive"] is False
     assert "provenance" in payload
+
+
+def test_bench_bound_from_the_command_line_on_a_few_digits():
+    result = CliRunner().invoke(main, ["bench", "--bound", "3", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)["bound"]
+    assert payload["n"] == 3 and payload["k"] == 1000 and payload["threads"] == 1

@@ -11,6 +11,10 @@ Peak memory is read from the kernel: the process's high-water mark is reset (``/
 Linux) right before the pass and ``VmHWM`` read after it, so the figure is the pass's own. The control,
 ``naive=True``, concatenates the stream into one tensor first, as code that reads all the data would:
 its peak grows with N x D, which shows the probe sees a whole-data read (tests/test_scale.py).
+
+``vaescope bench --bound`` times the importance-weighted bound at K = 1,000 over the 10,000 MNIST test
+digits (:func:`bound_time`), the figure the issue on any VAE states (58 s before the rewrite of
+:mod:`vaescope.measures.bound`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 import torch
 
 from vaescope.core.errors import VaescopeError
+from vaescope.data.sources import load_dataset
+from vaescope.measures.bound import importance_weighted_bound
 from vaescope.measures.statistics import latent_statistics
 from vaescope.models.networks import DenseVAE
 
@@ -120,3 +126,41 @@ def scale_statistics(n: int = SCALE_N, dim: int = SCALE_DIM, batch_size: int = S
         raise AssertionError(f"the pass saw {stats.n} rows of {n}")  # a bug, not user input
     return ScaleResult(n, dim, batch_size, latent_dim, tuple(hidden), used, seconds, (peak - before) / 1024,
                        n * dim * 4 / 2**20, naive)
+
+
+@dataclass(frozen=True)
+class BoundTime:
+    """The importance-weighted bound at K = ``k`` over ``n`` MNIST test digits with a dense16 decoder."""
+
+    n: int
+    k: int
+    threads: int
+    seconds: float
+    bound: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        return (f"importance-weighted bound, K = {self.k:,}, over {self.n:,} MNIST test digits, dense16 "
+                f"(784-256-64-32-16, untrained weights of seed 0), {self.threads} thread(s): {self.seconds:.1f} s "
+                f"(bound {self.bound:.2f} nats)")
+
+
+def bound_time(n: int = 10_000, k: int = 1_000, threads: int = 0) -> BoundTime:
+    """Time :func:`vaescope.measures.bound.importance_weighted_bound` as the issue states it: K = 1,000 over
+    the first ``n`` MNIST test digits (the time does not depend on the weights, only on the shapes)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    used = torch.get_num_threads()
+    try:
+        torch.manual_seed(0)
+        model = DenseVAE((1, 28, 28), (256, 64, 32), 16).eval()
+        x = load_dataset("mnist").x_test[:n]
+        started = time.perf_counter()
+        result = importance_weighted_bound(model, x, ks=(k,))
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(previous)
+    return BoundTime(len(x), k, used, seconds, float(result.bounds[0]))
