@@ -99,3 +99,26 @@ def test_a_run_trained_with_a_heavy_kl_weight_collapses_and_says_so(tiny_npz, tm
     assert result.stats.inactive_count == 4
     assert said.statements[0].key == "inactive" and "4 of 4 latent variables are inactive" in said.statements[0].text
     assert result.to_dict()["lesson"]["text"] == said.text()
+
+
+def sweep_row(run, latent_dim, active, dev, beta=None):
+    row = {"run": run, "latent_dim": latent_dim, "active_mu_variance": active, "variance_law_max_abs_dev": dev,
+           "status": "trained"}
+    if beta is not None:
+        row["loss.beta"] = beta
+    return row
+
+
+def test_the_sweep_lesson_from_its_rows():
+    from vaescope.measures.lesson import sweep_lesson
+
+    rows = [sweep_row("d2", 2, 2, 0.05), sweep_row("d4", 4, 4, 0.08), sweep_row("d8", 8, 5, 0.31),
+            sweep_row("d16", 16, 5, 0.1), {"run": "bad", "status": "failed"}]
+    said = sweep_lesson(rows)
+    assert said.keys == ("inactive", "all-active", "law-off")
+    assert said.statements[0].text.startswith("2 of 4 runs have inactive variables (Var(mu) < 0.01), from latent size 8")
+    assert "up to latent size 4" in said.statements[1].text and said.statements[1].numbers["reached"] is True
+    assert "at most 0.31, run d8" in said.statements[2].text and "train longer" in said.statements[2].text
+    only_full = sweep_lesson([sweep_row("d2", 2, 2, 0.05), sweep_row("d3", 3, 3, 0.5, beta=4.0)])
+    assert "no latent size of the sweep (2, 3) leaves a variable inactive" in only_full.statements[0].text
+    assert "beta = 4" in only_full.statements[1].text

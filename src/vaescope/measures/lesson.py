@@ -21,6 +21,7 @@ the sweep report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,4 +136,55 @@ def lesson(stats: LatentStatistics, *, beta: float | None = None, warmup: float 
     between = _between(criteria if criteria is not None else criteria_table(stats))
     if between is not None:
         statements.append(between)
+    return Lesson(tuple(statements))
+
+
+def sweep_lesson(rows: Sequence[Mapping[str, Any]], mu_variance_threshold: float = 0.01,
+                 law_tolerance: float = LAW_TOLERANCE) -> Lesson:
+    """The lesson of a sweep, from its rows (``sweep.json``: ``run``, ``latent_dim``, ``active_mu_variance``,
+    ``variance_law_max_abs_dev``, and ``loss.beta`` when swept): which runs have inactive variables (their
+    latent space is larger than they use), whether the sweep reached a latent size with some (else a larger
+    one tells), and which runs are far from the variance law. Failed runs are left out."""
+    done = [r for r in rows if r.get("status") != "failed"]
+    if not done:
+        return Lesson((Statement("no-runs", "No run of the sweep finished: nothing to read yet."),))
+    spare = [r for r in done if int(r["active_mu_variance"]) < int(r["latent_dim"])]
+    full = [r for r in done if int(r["active_mu_variance"]) >= int(r["latent_dim"])]
+    sizes = sorted({int(r["latent_dim"]) for r in done})
+    statements = []
+    if spare:
+        smallest = min(int(r["latent_dim"]) for r in spare)
+        statements.append(Statement("inactive", (
+            f"{len(spare)} of {len(done)} runs have inactive variables (Var(mu) < {mu_variance_threshold:g}), from "
+            f"latent size {smallest} on: those latent spaces are larger than the models use; `vaescope prune RUN` "
+            "gives each the smaller model with the same outputs."),
+            {"runs": [r["run"] for r in spare], "smallest_latent_dim": smallest, "threshold": mu_variance_threshold}))
+    if full:
+        largest = max(int(r["latent_dim"]) for r in full)
+        reached = any(int(r["latent_dim"]) > largest for r in spare)
+        tail = ("; the larger latent sizes of the sweep leave variables inactive, so the models stop using more "
+                "near there" if reached else
+                f"; no latent size of the sweep ({', '.join(map(str, sizes))}) leaves a variable inactive, so a sweep "
+                "over larger ones tells whether the models would use more")
+        statements.append(Statement("all-active", (
+            f"{len(full)} of {len(done)} runs use every variable (up to latent size {largest}): they may be using all "
+            f"the latent space they have" + tail + "."),
+            {"runs": [r["run"] for r in full], "largest_latent_dim": largest, "reached": reached}))
+    far = [r for r in done if float(r["variance_law_max_abs_dev"]) > law_tolerance]
+    if far:
+        worst = max(far, key=lambda r: float(r["variance_law_max_abs_dev"]))
+        betas = sorted({float(r["loss.beta"]) for r in far if "loss.beta" in r})
+        weighted = [b for b in betas if b != 1.0]
+        why = (f"the KL term is weighted (beta = {', '.join(f'{b:g}' for b in weighted)})" if weighted else
+               "the training has not converged (vaescope trains with beta = 1 unless swept, and no warm-up): "
+               "train longer")
+        statements.append(Statement("law-off", (
+            f"{len(far)} of {len(done)} runs are far from the variance law (the largest |Var(mu) + mean sigma^2 - 1| "
+            f"above {law_tolerance:g}; at most {float(worst['variance_law_max_abs_dev']):.3g}, run {worst['run']}): "
+            f"{why}."), {"runs": [r["run"] for r in far], "tolerance": law_tolerance}))
+    else:
+        top = max(float(r["variance_law_max_abs_dev"]) for r in done)
+        statements.append(Statement("law-holds", (
+            f"Every run obeys the variance law within {law_tolerance:g} (the largest deviation is {top:.3g})."),
+            {"max_abs_deviation": top, "tolerance": law_tolerance}))
     return Lesson(tuple(statements))
