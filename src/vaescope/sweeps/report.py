@@ -14,6 +14,7 @@ from vaescope.core.config import Config
 from vaescope.core.provenance import provenance
 from vaescope.core.storage import atomic_write_json, atomic_write_text
 from vaescope.measures.intrinsic import DEFAULT_TOLERANCE, intrinsic_dimension
+from vaescope.measures.oracle import collapse_thresholds
 from vaescope.reports.figures.common import save_png
 from vaescope.reports.figures.sweep import SweepCurve, active_count_figure, loss_figure, variance_law_figure
 from vaescope.reports.html import Block, Image, Paragraph, Section, Table, write_report
@@ -50,6 +51,7 @@ def write_results(out: Path, config: Config, grid: Mapping[str, Sequence[Any]], 
                "execution": {"workers": execution.workers, "threads": execution.threads, "ray": execution.ray},
                "criteria": CRITERIA, "rows": list(rows), "intrinsic_dimension": intrinsic_readings(rows, grid),
                "provenance": provenance()}
+    results["beta"] = beta_readings(results)
     if seconds is not None:
         results["seconds"] = round(seconds, 1)
     atomic_write_json(out / SWEEP_JSON, results)
@@ -148,17 +150,102 @@ def _factor_section(results: Mapping[str, Any]) -> Section | None:
         matches = row["factors"]["matches"]
         followers = {m["variable"] for m in matches if m["variable"] is not None}
         unmatched = [j for j in row["active_variables"] if j not in followers]
+        dci = row["factors"].get("dci")
+        scores = ([f"{row['factors']['mig']:.2f}", f"{dci['disentanglement']:.2f} / {dci['completeness']:.2f} / "
+                   f"{dci['informativeness']:.2f}"] if dci else ["-", "-"])
         table.append([row["run"], f"{row['active_mu_variance']}/{row['latent_dim']}",
                       *[_match_cell(m) for m in matches],
-                      ", ".join(f"z{j}" for j in unmatched) or "none"])
+                      ", ".join(f"z{j}" for j in unmatched) or "none", *scores])
     text = (f"The data have {len(names)} known factors ({', '.join(names)}). For each factor, the active "
             "variable whose test-set mean mu_j has the largest absolute Pearson correlation r with it (the sign is "
             "the direction), and R^2: the share of the factor's variance that a least-squares fit on all the "
             "active means explains (linearly; a code can hold a factor along a curve). A variable may follow two "
             "factors, and an active variable may follow none: the last column lists active variables that are no "
-            "factor's best match.")
+            "factor's best match. MIG (Chen et al. 2018; codes and factors in 20 equal-width bins) and DCI "
+            "(disentanglement / completeness / informativeness, Eastwood and Williams 2018; one random forest per "
+            "factor, R^2 on held-out points) are computed over the active means "
+            "(vaescope.measures.factors); 1 is a code that is the factors one by one.")
+    settings = next((r["factors"]["dci"]["settings"] for r in rows_with if r["factors"].get("dci")), "")
     return Section("factors", "Which variable follows which factor",
-                   [Paragraph(text), Table(["run", "active", *names, "active, no factor's best match"], table)])
+                   [Paragraph(text), Table(["run", "active", *names, "active, no factor's best match", "MIG", "DCI"],
+                                           table, caption=f"DCI: {settings}." if settings else "")])
+
+
+def beta_readings(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """For a sweep over ``loss.beta``: per group of the other grid values, the active counts by beta and,
+    on ``synthetic:linear`` data, each variable's collapse threshold against the closed form's
+    (:func:`vaescope.measures.oracle.collapse_thresholds`)."""
+    if "loss.beta" not in results["grid"]:
+        return []
+    others = [k for k in results["grid"] if k != "loss.beta"]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in results["rows"]:
+        if row.get("status") != "failed":
+            groups.setdefault(json.dumps({k: row[k] for k in others}), []).append(row)
+    readings = []
+    for key, members in groups.items():
+        counts: dict[float, list[int]] = {}
+        for row in members:
+            counts.setdefault(float(row["loss.beta"]), []).append(int(row["active_mu_variance"]))
+        predicted = {float(r["loss.beta"]): r["oracle"]["predicted_active"] for r in members if "oracle" in r}
+        entry: dict[str, Any] = {"group": json.loads(key), "active": {str(b): c for b, c in sorted(counts.items())},
+                                 "predicted_active": {str(b): n for b, n in sorted(predicted.items())}}
+        with_oracle = [r for r in members if "oracle" in r]
+        if with_oracle:
+            first = with_oracle[0]["oracle"]
+            entry["sigma2"] = first["sigma2"]
+            entry["thresholds"] = collapse_thresholds(counts, first["eigenvalues"], first["sigma2"])
+        readings.append(entry)
+    return readings
+
+
+def _interval(threshold: Mapping[str, Any]) -> str:
+    low = "0" if threshold["low"] is None else f"{threshold['low']:g}"
+    high = "never (up to the largest beta)" if threshold["high"] is None else f"{threshold['high']:g}"
+    return f"({low}, {high}]"
+
+
+def _beta_section(results: Mapping[str, Any]) -> Section | None:
+    readings = results.get("beta") or beta_readings(results)
+    if not readings:
+        return None
+    blocks: list[Block] = [Paragraph(
+        "Active variables (Var(mu) >= threshold) against the KL weight beta. On linear-Gaussian data the closed form "
+        "(probabilistic PCA with noise beta sigma^2: Tipping and Bishop; Lucas et al.) predicts the count, and each "
+        "variable's collapse at beta_j = lambda_j / sigma^2; a measured threshold lies between the largest beta at "
+        "which the variable of that rank is active (median over seeds) and the next beta tried.")]
+    for reading in readings:
+        label = _group_label(reading["group"]) or "all runs"
+        rows = [[label, b, ", ".join(map(str, c)), f"{np.median(c):g}", str(reading["predicted_active"].get(b, "-"))]
+                for b, c in reading["active"].items()]
+        blocks.append(Table(["curve", "beta", "active per seed", "median", "predicted (closed form)"], rows))
+        if "thresholds" in reading:
+            trows = [[f"{t['index']}", f"{t['eigenvalue']:.4g}", f"{t['predicted']:.4g}", _interval(t),
+                      "yes" if t["agrees"] else "no"] for t in reading["thresholds"]]
+            blocks.append(Table(["variable (by eigenvalue)", "lambda_j", "predicted beta_j = lambda_j / sigma^2",
+                                 "measured: collapses in", "agrees"], trows,
+                                caption=f"sigma^2 = {reading['sigma2']:g}; {label}."))
+    return Section("beta", "Active variables against beta", blocks)
+
+
+def _dimension_section(results: Mapping[str, Any]) -> Section | None:
+    rows_with = [r for r in results["rows"] if r.get("dimension")]
+    if not rows_with:
+        return None
+    data = rows_with[0]["dimension"]["data"]
+    ks = list(data["mle"])
+    text = (f"Independent estimates of the intrinsic dimension (scikit-dimension: TwoNN; Levina-Bickel MLE at k "
+            f"neighbours), beside each run's active count. The data: TwoNN {data['twonn']:.2f}, "
+            + ", ".join(f"MLE k = {k} {v:.2f}" for k, v in data["mle"].items()) + f" ({data['settings']}).")
+    table = []
+    for row in sorted(rows_with, key=lambda r: (r["latent_dim"], r["seed"], r["run"])):
+        codes = row["dimension"]["codes"]
+        cells = ([f"{codes['twonn']:.2f}", *[f"{codes['mle'][k]:.2f}" for k in ks]] if codes
+                 else ["-"] * (1 + len(ks)))
+        table.append([row["run"], f"{row['active_mu_variance']}/{row['latent_dim']}", *cells])
+    return Section("dimension", "Intrinsic dimension, estimated", [Paragraph(text), Table(
+        ["run", "active", "TwoNN (active means)", *[f"MLE k = {k}" for k in ks]], table,
+        caption="On the test-set posterior means of each run's active variables, same subsample size and seed.")])
 
 
 def _match_cell(match: Mapping[str, Any]) -> str:
@@ -207,9 +294,9 @@ def write_sweep_report(out: str | Path, results: Mapping[str, Any]) -> Path:
                           "deviation over the variables of each run."),
                 Image("figures/sweep_variance_law.png")]),
         ]
-    factors = _factor_section(results)
-    if factors is not None:
-        sections.append(factors)
+    for extra in (_beta_section(results), _dimension_section(results), _factor_section(results)):
+        if extra is not None:
+            sections.append(extra)
     sections.append(Section("runs", "Every run", [_runs_table(results)]))
     cfg = results["config"]
     grid = "; ".join(f"`{k}` = {', '.join(map(str, v))}" for k, v in results["grid"].items()) or "none"

@@ -14,10 +14,16 @@ from vaescope.core.device import cpu_settings
 from vaescope.core.errors import VaescopeError
 from vaescope.data.batches import as_float
 from vaescope.data.dataset import Dataset
+from vaescope.data.linear import covariance_eigen
 from vaescope.data.sources import load_dataset
 from vaescope.data.synthetic import factor_correlations, factor_matches, factor_r2, has_factors, load_factors
 from vaescope.measures.criteria import criteria_table
+from vaescope.measures.factors import dci, mutual_information_gap
+from vaescope.measures.intrinsic import estimate_dimension, flat_points
+from vaescope.measures.oracle import compare, linear_oracle
 from vaescope.measures.run import run_statistics
+from vaescope.reports.dimension import available as dimension_available
+from vaescope.reports.oracle import is_linear_source
 from vaescope.runs.checkpoint import has_checkpoint, load_run
 from vaescope.runs.files import (
     is_finished,
@@ -31,20 +37,33 @@ from vaescope.training.train import train
 
 @dataclass(frozen=True)
 class DataBundle:
-    """A dataset and, for synthetic data, the factors of its test images ``(N, K)`` and their names."""
+    """A dataset and, for synthetic data, the factors of its test images ``(N, K)`` and their names;
+    for ``synthetic:linear=...`` data the covariance spectrum of the training split (the closed form's);
+    the intrinsic-dimension estimates of the test split (when scikit-dimension is installed)."""
 
     dataset: Dataset
     factor_names: tuple[str, ...] = ()
     test_factors: np.ndarray | None = None
+    spectrum: np.ndarray | None = None
+    data_dimension: dict[str, Any] | None = None
+
+
+ESTIMATE_MIN_POINTS = 100  # fewer test points: no intrinsic-dimension estimate, no DCI
 
 
 def load_bundle(source: str, dataset: Dataset | None = None) -> DataBundle:
     data = dataset if dataset is not None else load_dataset(source)
+    names: tuple[str, ...] = ()
+    factors_test = spectrum = dimension = None
     if has_factors(source):
         factors = load_factors(source)
         if len(factors.test) == len(data.x_test):
-            return DataBundle(data, factors.names, factors.test)
-    return DataBundle(data)
+            names, factors_test = factors.names, factors.test
+    if is_linear_source(source):
+        spectrum = covariance_eigen(flat_points(data.x_train))[0]
+    if dimension_available() and len(data.x_test) >= ESTIMATE_MIN_POINTS:
+        dimension = estimate_dimension(flat_points(data.x_test), what=f"the test split of {data.name}").to_dict()
+    return DataBundle(data, names, factors_test, spectrum, dimension)
 
 
 @torch.no_grad()
@@ -115,14 +134,32 @@ def run_one(spec: RunSpec, bundle: DataBundle | None = None, status: str | None 
                 "test_kl": last["test_kl"], "variance_law_max_abs_dev": stats.variance_law_max_abs_dev,
                 "seconds": round(training_seconds(run_dir), 3), "status": status, "attempts": 1, "error": "",
                 "run_dir": f"{RUNS_DIR}/{spec.name}", "active_variables": np.flatnonzero(stats.active).tolist()})
-    if bundle.test_factors is not None:
+    enough = len(bundle.dataset.x_test) >= ESTIMATE_MIN_POINTS
+    mu = None
+    if bundle.test_factors is not None or (enough and dimension_available()):
         with cpu_settings(spec.config.train.threads):
             mu = _test_means(run.model, bundle.dataset.x_test)
+    if bundle.test_factors is not None:
         corr = factor_correlations(mu, bundle.test_factors)
         matches = factor_matches(corr, stats.active)
         r2 = factor_r2(mu[:, stats.active], bundle.test_factors)
         row["factors"] = {"names": list(bundle.factor_names), "correlation": corr.round(4).tolist(),
                           "matches": [{"factor": n, **m, "r2_active": round(float(r), 4)}
                                       for n, m, r in zip(bundle.factor_names, matches, r2)]}
+        if stats.active.any() and enough:  # MIG and DCI over the active means (measures.factors)
+            codes = mu[:, stats.active]
+            row["factors"]["mig"] = mutual_information_gap(codes, bundle.test_factors).value
+            row["factors"]["dci"] = {k: v for k, v in dci(codes, bundle.test_factors).to_dict().items()
+                                     if k in ("disentanglement", "completeness", "informativeness", "settings")}
+    if mu is not None and enough and dimension_available():
+        codes_estimate = (estimate_dimension(mu[:, stats.active], what=f"the test means of the {int(stats.active.sum())} "
+                                             "active variables").to_dict() if stats.active.any() else None)
+        row["dimension"] = {"data": bundle.data_dimension, "codes": codes_estimate}
+    if bundle.spectrum is not None:  # the linear-Gaussian closed form of this run's objective
+        oracle = linear_oracle(bundle.spectrum, float(getattr(spec.config.loss, "variance", 0.5)),
+                               spec.config.loss.beta, latent_dim=stats.latent_dim)
+        row["oracle"] = {"sigma2": oracle.sigma2, "beta": oracle.beta, "eigenvalues": oracle.eigenvalues.tolist(),
+                         "predicted_active": oracle.active_count,
+                         "max_deviation": compare(stats, oracle).max_deviation}
     return row
 
