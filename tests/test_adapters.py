@@ -12,6 +12,7 @@ from vaescope.core.errors import VaescopeError
 from vaescope.measures.gains import reconstruction_gain
 from vaescope.measures.generation import generation_check
 from vaescope.models.adapters import LatentModelAdapter, as_latent_model, fold, variable_position
+from vaescope.models.isolation import untouched
 from vaescope.models.networks import DenseVAE
 from vaescope.models.objectives import reconstruction_error
 
@@ -43,7 +44,7 @@ def test_adapter_reaches_the_module_for_mode_and_parameters(x):
     adapter.train()
     assert model.training and model.layer.training
     assert [p.data_ptr() for p in adapter.parameters()] == [p.data_ptr() for p in model.parameters()]
-    with adapter.evaluating():
+    with untouched(adapter):  # the one policy: every submodule in eval, then each as it was
         assert not model.layer.training
     assert model.layer.training
 

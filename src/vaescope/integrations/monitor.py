@@ -274,10 +274,10 @@ class LatentMonitor:
             return "vaescope monitor: nothing recorded yet"
         stats = self.latest
         counts = {kind: sum(e.event == kind for e in self.events) for kind in ("collapse", "revival", "nan")}
-        lines = [f"vaescope monitor: {len(self.trace.steps)} records up to step {self.trace.steps[-1]} on a probe of "
+        lines = [(f"vaescope monitor: {len(self.trace.steps)} records up to step {self.trace.steps[-1]} on a probe of "
                  f"{stats.n} examples; {int(stats.active.sum())} of {stats.latent_dim} variables active at the last "
                  f"(Var(mu) >= {self.thresholds.mu_variance_threshold:g}); {counts['collapse']} collapse(s), "
-                 f"{counts['revival']} revival(s), {counts['nan']} NaN record(s)"]
+                 f"{counts['revival']} revival(s), {counts['nan']} NaN record(s)")]
         learned = self.lesson(beta, warmup)
         assert learned is not None
         lines.append(learned.text())

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from vaescope.core.errors import VaescopeError
 from vaescope.data.batches import BatchKey, DataSource, InputFn

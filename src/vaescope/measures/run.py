@@ -14,12 +14,12 @@ from vaescope.core.device import cpu_settings, select_device
 from vaescope.core.storage import atomic_write_json, atomic_write_text
 from vaescope.data.dataset import Dataset, split_images
 from vaescope.data.sources import load_dataset
+from vaescope.measures.bound import ImportanceWeightedBound, importance_weighted_bound
 from vaescope.measures.criteria import CriteriaTable, criteria_table
 from vaescope.measures.gains import ReconstructionGain, reconstruction_gain
-from vaescope.measures.bound import ImportanceWeightedBound, importance_weighted_bound
 from vaescope.measures.information import MutualInformation
-from vaescope.measures.lesson import Lesson, lesson
 from vaescope.measures.information import mutual_information as estimate_information
+from vaescope.measures.lesson import Lesson, lesson
 from vaescope.measures.reading import LikelihoodSpec
 from vaescope.measures.statistics import LatentStatistics, latent_statistics
 from vaescope.models.likelihoods import run_likelihood

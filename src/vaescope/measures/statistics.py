@@ -140,7 +140,7 @@ class _Sums:
     kl: torch.Tensor
 
     @classmethod
-    def empty(cls, dim: int, device: torch.device) -> "_Sums":
+    def empty(cls, dim: int, device: torch.device) -> _Sums:
         zeros = [torch.zeros(dim, dtype=torch.float64, device=device) for _ in range(3)]
         return cls(_Moments(dim, device), *zeros)
 

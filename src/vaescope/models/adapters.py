@@ -26,9 +26,8 @@ The adapter is an ``nn.Module`` holding the user's module as ``adapter.module``:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -186,18 +185,6 @@ class LatentModelAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode(x)
-
-    @contextlib.contextmanager
-    def evaluating(self) -> Iterator[LatentModelAdapter]:
-        """Eval mode for a block, then every submodule's own mode back as it was (a user may keep
-        some parts in eval while training others)."""
-        modes = [(m, m.training) for m in self.modules()]
-        self.eval()
-        try:
-            yield self
-        finally:
-            for module, mode in modes:
-                module.training = mode
 
     def describe(self) -> str:
         """One sentence on what was recognised and what decode returns (for reports)."""

@@ -12,8 +12,9 @@ with the closed-form KL of Kingma & Welling (2014), Appendix B (the KL article, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
