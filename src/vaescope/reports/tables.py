@@ -114,5 +114,6 @@ def bound_text(bound: ImportanceWeightedBound) -> str:
     source = (f"data.binarize = {bound.binarize!r}" if bound.binarize != "none" or bound.likelihood != "bernoulli"
               else "data.binarize = 'none': the Bernoulli likelihood of grey levels, not comparable with the "
                    "binarised-MNIST literature")
-    return (f"log p(x) >= (importance-weighted bound, Burda et al. 2016, nats per image, {bound.n} images, "
-            f"{bound.likelihood} decoder) {parts}; {source} ({bound.seconds:.1f} s)")
+    likelihood = bound.likelihood_description or f"{bound.likelihood} decoder"
+    return (f"log p(x) >= (importance-weighted bound, Burda et al. 2016, nats per example, {bound.n} examples, "
+            f"likelihood: {likelihood}) {parts}; {source} ({bound.seconds:.1f} s)")
