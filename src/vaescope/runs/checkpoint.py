@@ -129,7 +129,8 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu", mo
     except (KeyError, TypeError, ValueError) as err:
         raise VaescopeError(f"{weights} lacks vaescope's metadata; it was not written by vaescope train") from err
     if model is None:
-        model = build_model(config.model, image_shape)
+        with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: the caller's random state stays
+            model = build_model(config.model, image_shape)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
