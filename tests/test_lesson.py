@@ -122,3 +122,20 @@ def test_the_sweep_lesson_from_its_rows():
     only_full = sweep_lesson([sweep_row("d2", 2, 2, 0.05), sweep_row("d3", 3, 3, 0.5, beta=4.0)])
     assert "no latent size of the sweep (2, 3) leaves a variable inactive" in only_full.statements[0].text
     assert "beta = 4" in only_full.statements[1].text
+
+
+def test_the_sweep_report_ends_with_the_lesson_of_its_own_rows(tiny_npz, tmp_path):
+    import json
+
+    from conftest import TINY_OVERRIDES
+
+    from vaescope.measures.lesson import sweep_lesson
+    from vaescope.sweeps.execute import sweep
+
+    cfg = config_mod.resolve("dense16", overrides=[*TINY_OVERRIDES, "train.epochs=1", f"data.source={tiny_npz}"])
+    sweep(cfg, tmp_path, {"model.latent_dim": [2, 4]}, seeds=1, workers=1, threads=1, progress=False)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    text = (tmp_path / "report.md").read_text()
+    tail = text[text.index('<a id="lesson"></a>'):]
+    for statement in sweep_lesson(saved["rows"]).statements:  # the words come from sweep.json's rows
+        assert statement.text in tail

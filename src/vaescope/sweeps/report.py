@@ -14,10 +14,12 @@ from vaescope.core.config import Config
 from vaescope.core.provenance import provenance
 from vaescope.core.storage import atomic_write_json, atomic_write_text
 from vaescope.measures.intrinsic import DEFAULT_TOLERANCE, intrinsic_dimension
+from vaescope.measures.lesson import sweep_lesson
 from vaescope.measures.oracle import collapse_thresholds
 from vaescope.reports.figures.common import save_png
 from vaescope.reports.figures.sweep import SweepCurve, active_count_figure, loss_figure, variance_law_figure
 from vaescope.reports.html import Block, Image, Paragraph, Section, Table, write_report
+from vaescope.reports.sections import lesson_section
 from vaescope.runs.files import rows_to_csv
 from vaescope.sweeps.plan import CRITERIA, CSV_COLUMNS, SWEEP_CSV, SWEEP_JSON, Execution
 
@@ -298,6 +300,7 @@ def write_sweep_report(out: str | Path, results: Mapping[str, Any]) -> Path:
         if extra is not None:
             sections.append(extra)
     sections.append(Section("runs", "Every run", [_runs_table(results)]))
+    sections.append(lesson_section(sweep_lesson(results["rows"], _thresholds(results)["mu_variance"])))
     cfg = results["config"]
     grid = "; ".join(f"`{k}` = {', '.join(map(str, v))}" for k, v in results["grid"].items()) or "none"
     intro = [Paragraph(
