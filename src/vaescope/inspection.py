@@ -267,7 +267,8 @@ def known_answers(ins: Inspection) -> None:
         ins.results["oracle"] = found.to_dict()
     if ins.dimension and dimension_available() and ins.kind != "tokens" \
             and isinstance(ins.data, (np.ndarray, torch.Tensor)) and len(ins.data) >= 100:
-        estimates = data_and_code_dimensions(ins.adapter, ins.data, ins.stats.active, seed=ins.seed)
+        with untouched(ins.adapter):  # scikit-dimension draws from Python's global random: put it back
+            estimates = data_and_code_dimensions(ins.adapter, ins.data, ins.stats.active, seed=ins.seed)
         ins.sections.append(dimension_section(estimates, int(ins.stats.active.sum()), ins.stats.latent_dim))
         ins.results["dimension"] = {k: None if v is None else v.to_dict() for k, v in estimates.items()}
 
