@@ -417,3 +417,12 @@ def test_above_max_points_the_information_is_estimated_on_a_stated_subsample() -
     assert info["subsample"] == {"points": 120, "of": 300, "seed": 7}
     assert "a random subsample of 120 of the 300 points (seed 7)" in info["description"]
     assert mutual_information(model, x).to_dict()["subsample"] is None  # 300 <= 10,000: every point
+
+
+def test_the_stats_text_says_when_the_information_is_on_a_subsample() -> None:
+    from vaescope.reports.tables import mutual_information_text
+
+    model = GaussianCode(torch.full((2,), -1.0))
+    x = torch.randn(300, 1, 1, 2, generator=torch.Generator().manual_seed(0))
+    text = mutual_information_text(mutual_information(model, x, max_points=120, seed=7))
+    assert "over a random subsample of 120 of 300 examples (seed 7)" in text and "log N = 4.79" in text

@@ -102,7 +102,9 @@ def criteria_text(stats: LatentStatistics, table: CriteriaTable, mi: MutualInfor
 def mutual_information_text(mi: MutualInformation) -> str:
     """I(x; z) with its ceiling log N, and the sum of the per-variable values."""
     near = mi.log_n - mi.joint < 0.5
-    return (f"I(x; z) = {mi.joint:.3f} nats (standard error {mi.joint_standard_error:.3f}) over {mi.n} images, "
+    over = (f"a random subsample of {mi.n} of {mi.total} examples (seed {mi.subsample_seed})" if mi.subsampled
+            else f"{mi.n} examples")
+    return (f"I(x; z) = {mi.joint:.3f} nats (standard error {mi.joint_standard_error:.3f}) over {over}, "
             f"{mi.samples} code(s) each (He et al. 2019); the estimate cannot exceed log N = {mi.log_n:.2f}"
             f"{': it is at its ceiling, the true value may be larger' if near else ''}; "
             f"sum of I(x; z_j) = {mi.per_variable_sum:.3f} nats ({mi.seconds:.1f} s)")
