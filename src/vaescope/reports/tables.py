@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vaescope.measures.criteria import CriteriaTable, Rule
 from vaescope.measures.bound import ImportanceWeightedBound
+from vaescope.measures.criteria import CriteriaTable, Rule
 from vaescope.measures.information import MutualInformation
 from vaescope.measures.statistics import LatentStatistics
 
