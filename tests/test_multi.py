@@ -19,6 +19,7 @@ from vaescope.training import engine as engine_mod
 from vaescope.training import multi as multi_mod
 from vaescope.training import stacked as stacked_mod
 from vaescope.training import train as train_mod
+from vaescope.training import workers as workers_mod
 from vaescope.training.engine import make_optimizer
 from vaescope.training.multi import default_workers, group_key, plan_tasks, train_many
 from vaescope.training.stacked import StackedDenseVAE, from_stacked, stack_optimizer_state, unstack_optimizer_state
@@ -339,7 +340,7 @@ def test_an_interrupt_in_one_thread_stops_the_others_and_each_run_resumes(tmp_pa
             assert stops[0].wait(10)  # ... and train_many has told the threads to stop
         return path
 
-    monkeypatch.setattr(multi_mod, "threading", types.SimpleNamespace(Event=StopEvent))
+    monkeypatch.setattr(workers_mod, "threading", types.SimpleNamespace(Event=StopEvent))
     monkeypatch.setattr(train_mod, "save_checkpoint", interrupted_in_run1)
     outs = [tmp_path / f"run{i}" for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
@@ -353,6 +354,50 @@ def test_an_interrupt_in_one_thread_stops_the_others_and_each_run_resumes(tmp_pa
     for i in range(3):
         for name in FILES:
             assert (outs[i] / name).read_bytes() == (group_runs / f"run{i}" / name).read_bytes(), (i, name)
+
+
+def test_worker_processes_train_the_same_runs_and_the_pool_is_kept(tmp_path, tiny_config, tiny_dataset, group_runs):
+    """Split between two spawned processes of one thread: the same files as in one process; a
+    second call of the same shape reuses the processes."""
+    outs = [tmp_path / f"run{i}" for i in range(3)]
+    train_many(group_configs(tiny_config), outs, dataset=tiny_dataset, workers=2, worker_kind="processes", **QUIET)
+    pool = workers_mod._Pool.current
+    assert pool is not None and pool.shape == (2, 1)
+    for i in range(3):
+        for name in FILES:
+            assert (outs[i] / name).read_bytes() == (group_runs / f"run{i}" / name).read_bytes(), (i, name)
+        assert not (outs[i] / ".lock").exists()
+    again = [tmp_path / f"again{i}" for i in range(3)]
+    train_many(group_configs(tiny_config), again, dataset=tiny_dataset, workers=2, worker_kind="processes", **QUIET)
+    assert workers_mod._Pool.current is pool
+    assert (again[2] / "model.safetensors").read_bytes() == (group_runs / "run2" / "model.safetensors").read_bytes()
+
+
+def test_an_error_in_a_worker_process_stops_the_others_and_a_rerun_finishes(tmp_path, tiny_config, tiny_dataset):
+    """Two tasks in two processes: run1 cannot write its epoch-1 checkpoint in its worker; its error
+    comes back as it is, run0 (1,000 epochs) stops at its next step instead of training on, and the
+    workers, idle again, train the next call."""
+    outs = [tmp_path / "run0", tmp_path / "run1"]
+    configs = [replace(tiny_config, **{"train.epochs": 1000}),
+               replace(tiny_config, **{"model.latent_dim": 3, "train.epochs": 2})]
+    outs[1].mkdir()
+    (outs[1] / "checkpoints").write_text("in the way")  # a file where the checkpoints directory goes
+    with pytest.raises(VaescopeError, match=f"cannot write {outs[1]}/checkpoints/epoch-0001.safetensors"):
+        train_many(configs, outs, dataset=tiny_dataset, workers=2, worker_kind="processes", **QUIET)
+    assert not (outs[0] / "model.safetensors").exists()
+    assert not (outs[0] / "checkpoints").is_dir() or load_checkpoint(outs[0]).meta["epoch"] < 1000
+    pool = workers_mod._Pool.current
+    (outs[1] / "checkpoints").unlink()
+    again = [outs[1], tmp_path / "other"]
+    train_many([configs[1], replace(configs[1], **{"train.seed": 1})], again, dataset=tiny_dataset, workers=2,
+               worker_kind="processes", **QUIET)
+    assert workers_mod._Pool.current is pool and [load_checkpoint(out).meta["epoch"] for out in again] == [2, 2]
+
+
+def test_an_unknown_worker_kind_is_refused(tmp_path, tiny_config, tiny_dataset):
+    with pytest.raises(VaescopeError, match="worker_kind 'fibers'; give one of threads, processes"):
+        train_many(group_configs(tiny_config), [tmp_path / f"r{i}" for i in range(3)], dataset=tiny_dataset,
+                   workers=2, worker_kind="fibers", **QUIET)
 
 
 def test_tasks_and_workers_are_chosen_from_the_configs(tiny_config, monkeypatch):

@@ -307,8 +307,10 @@ def markdown_rows(section: str) -> list[list[str]]:
 
 def test_every_word_of_the_sweep_report_comes_from_sweep_json(local_sweep):
     """Each number and name of report.md's intro, intrinsic-dimension, active and run tables is
-    read back and compared with sweep.json: the report describes its own results."""
+    read back and compared with sweep.json: the report describes its own results (written again
+    here: another test sweeps into the same folder with report=False)."""
     cfg, out, _ = local_sweep
+    sweep(cfg, out, GRID, seeds=2, workers=1, threads=1, progress=False)
     saved = json.loads((out / "sweep.json").read_text())
     text = (out / "report.md").read_text()
     rows = {r["run"]: r for r in saved["rows"]}

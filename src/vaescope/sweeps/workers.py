@@ -5,47 +5,29 @@ a handle, ``wait(handles, timeout)`` returns ``(handle, rows or exception)`` for
 and ``close()``. Each task is :func:`vaescope.sweeps.tasks.run_group`: the random seeds of one grid point trained
 together, each an ordinary run directory.
 
-Local workers are spawned (a fresh interpreter: no copy of the parent's torch threads or locks),
-set their torch thread count, receive the datasets once, and die with the sweep: on Linux the
-kernel kills them when the sweep process dies (``PR_SET_PDEATHSIG``), so a killed sweep leaves no
-worker training on, holding its run's lock.
+Local workers are :func:`vaescope.core.processes.spawn_pool`'s: spawned, of the sweep's thread
+count, dying with the sweep (so a killed sweep leaves no worker training on, holding its run's
+lock); each receives the datasets once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import ctypes
 import logging
-import multiprocessing
 import os
-import signal
-import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import torch
-
 from vaescope.core.errors import VaescopeError
+from vaescope.core.processes import end_workers, spawn_pool
 from vaescope.sweeps.plan import Execution, RunSpec
 from vaescope.sweeps.tasks import DataBundle, run_group
 
 _BUNDLES: dict[str, DataBundle] = {}  # a worker's datasets, by data source
 
 
-def _die_with_parent(parent: int) -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the sweep died before we could ask
-        os._exit(1)
-
-
-def _init_worker(threads: int, bundles: Mapping[str, DataBundle], parent: int) -> None:
-    _die_with_parent(parent)
-    torch.set_num_threads(threads)
-    logging.getLogger("vaescope").setLevel(logging.WARNING)  # the sweep reports; workers stay quiet
+def _init_worker(bundles: Mapping[str, DataBundle]) -> None:
     _BUNDLES.update(bundles)
 
 
@@ -58,15 +40,14 @@ class LocalPool:
 
     def __init__(self, execution: Execution, bundles: Mapping[str, DataBundle]) -> None:
         self._workers = execution.workers
-        self._initargs = (execution.threads, dict(bundles), os.getpid())
+        self._threads = execution.threads
+        self._bundles = dict(bundles)
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = concurrent.futures.ProcessPoolExecutor(
-            self._workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=self._initargs)
+        self._executor = spawn_pool(self._workers, self._threads, _init_worker, (self._bundles,))
         return self._executor
 
     def submit(self, specs: list[RunSpec]) -> concurrent.futures.Future:
@@ -85,10 +66,10 @@ class LocalPool:
         run in flight resumes from its last checkpoint next time, and none starts after the sweep."""
         if self._executor is None:
             return
-        if not wait:  # concurrent.futures has no public way before Python 3.14 (terminate_workers)
-            for process in list(getattr(self._executor, "_processes", {}).values()):
-                process.terminate()
-        self._executor.shutdown(wait=True, cancel_futures=True)  # quick once the workers are gone
+        if wait:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        else:
+            end_workers(self._executor)
         self._executor = None
 
 

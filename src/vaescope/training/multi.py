@@ -9,9 +9,10 @@ own per-epoch test metrics, trace, checkpoints and final files (the functions of
 :mod:`vaescope.training.train`). Models at different epochs (runs resumed from different checkpoints) train
 in cohorts: the ones furthest behind first, joined by the others when they reach them.
 
-On the CPU a group is split between worker threads, one per core, each driving its part with one
-intra-op thread (torch's kernels release the GIL): that avoids the waits of intra-op threads on
-small kernels, which on a machine shared with other jobs cost several times the epoch. Models
+On the CPU a group is split between workers (threads or spawned processes:
+:mod:`vaescope.training.workers`), one per core, each driving its part with one intra-op thread:
+that avoids the waits of intra-op threads on small kernels, which on a machine shared with other
+jobs cost several times the epoch. Models
 that cannot be stacked (convolutional ones, your own) train one per task in the same threads;
 the costliest tasks start first. A model's
 ``timing.csv`` holds its share of each batched epoch (the epoch's wall time / the models in it).
@@ -24,7 +25,6 @@ re-run then reuses the finished runs and stops the same way only for that one.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -66,8 +66,11 @@ from vaescope.training.train import (
     trace_interval,
     train_claimed,
 )
+from vaescope.training.workers import run_in_workers
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WORKER_KIND = "threads"
 
 # Settings that leave a model's parameter shapes, its data and its optimizer's hyper-parameters
 # as they are: configs differing only here train together.
@@ -93,13 +96,15 @@ def batchable(config: Config) -> bool:
 
 
 def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: Dataset | None = None,
-               progress: bool = True, max_models: int = 16, workers: int = 0) -> list[TrainResult]:
+               progress: bool = True, max_models: int = 16, workers: int = 0,
+               worker_kind: str | None = None) -> list[TrainResult]:
     """Train every ``configs[i]`` into ``outs[i]``; compatible configs together (:func:`group_key`),
     at most ``max_models`` per batched computation; the others one by one as ``train`` does.
 
-    ``workers`` > 1 (on the CPU): the groups are split between that many threads, each training
-    its part with one intra-op thread (torch's kernels release the GIL, so they compute in
-    parallel); ``workers=0`` chooses (:func:`default_workers`). The models and files do not depend
+    ``workers`` > 1 (on the CPU): the groups are split between that many workers, each training
+    its part with one intra-op thread; ``workers=0`` chooses (:func:`default_workers`).
+    ``worker_kind``: "threads" of this process or spawned "processes"
+    (:mod:`vaescope.training.workers`); None: :data:`DEFAULT_WORKER_KIND`. The models and files do not depend
     on it. Each directory follows the run-directory policy with ``resume=True``: a finished run of
     the same config is reused, an unfinished one resumed, a run of another config refused (before
     anything trains). The directories stay locked for the whole call. Returns one
@@ -149,8 +154,9 @@ def train_many(configs: Sequence[Config], outs: Sequence[str | Path], dataset: D
                 outcomes[k] = run_task(*task_runs(task), runs[task[0]][0].train.threads, progress)
         if threaded:
             threads = max(1, (runs[tasks[threaded[0]][0]][0].train.threads or os.cpu_count() or 1) // workers)
-            done_in_threads = _in_threads([task_runs(tasks[k]) for k in threaded], workers, threads)
-            outcomes.update(zip(threaded, done_in_threads))
+            kind = worker_kind or DEFAULT_WORKER_KIND
+            done_in_workers = run_in_workers(kind, run_task, [task_runs(tasks[k]) for k in threaded], workers, threads)
+            outcomes.update(zip(threaded, done_in_workers))
         for k, task in enumerate(tasks):
             done, failed = outcomes[k]
             failures += failed
@@ -220,29 +226,6 @@ def run_task(runs: Sequence[Run], data: Dataset, threads: int | None, progress: 
             return {0: train_claimed(config, out, True, data, progress, None, intact, stop)}, failures
         except Diverged as err:
             return {}, [f"{out}: {err}"]
-
-
-def _in_threads(work: list[tuple[list[Run], Dataset]], workers: int, threads: int) -> list[Outcome]:
-    """Each task in one of ``workers`` threads, torch set to ``threads`` intra-op threads for the
-    while. The first failure (or Ctrl-C) stops the other threads at their next step, then is raised."""
-    stop = threading.Event()
-
-    def one(runs: list[Run], data: Dataset) -> Outcome:
-        torch.set_flush_denormal(True)  # a per-thread CPU flag (cpu_settings set this thread's only)
-        return run_task(runs, data, None, progress=False, stop=stop)
-
-    log.info("training %d tasks in %d threads", len(work), workers)
-    with cpu_settings(threads), concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(one, *task) for task in work]
-        try:
-            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-            for future in done:
-                future.result()  # a failure: raised now, not after the other threads finish
-            return [future.result() for future in futures]
-        except BaseException:
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
 
 
 # ---------------------------------------------------------------------------- one group
