@@ -299,8 +299,11 @@ def test_unbatchable_runs_train_side_by_side_in_worker_threads(tmp_path, tiny_co
 
 def test_benchmark_smoke(tiny_config, tiny_dataset):
     result = multi_model_benchmark(replace(tiny_config, **{"train.epochs": 1}), models=2, rounds=1,
-                                   dataset=tiny_dataset)
-    assert result["models"] == 2
+                                   dataset=tiny_dataset, contenders=("together_threads", "together_processes", "apart"))
+    assert result["models"] == 2 and result["worker_kind"] == multi_mod.DEFAULT_WORKER_KIND
+    assert {"together_threads_seconds_per_model_epoch", "together_processes_seconds_per_model_epoch"} <= set(result)
+    with pytest.raises(VaescopeError, match="give 'apart', 'together'"):
+        multi_model_benchmark(tiny_config, models=2, rounds=1, dataset=tiny_dataset, contenders=("apart",))
 
 
 def test_worker_threads_train_the_same_runs(tmp_path, tiny_config, tiny_dataset, group_runs):

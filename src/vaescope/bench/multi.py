@@ -14,7 +14,8 @@ from vaescope.core.config import Config
 from vaescope.core.errors import VaescopeError
 from vaescope.data.dataset import Dataset, check_dataset
 from vaescope.data.sources import load_dataset
-from vaescope.training.multi import default_workers, train_many
+from vaescope.training.multi import DEFAULT_WORKER_KIND, default_workers, train_many
+from vaescope.training.workers import start_processes
 from vaescope.training.train import train
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds:
     epochs, the trace as dense as a 10-epoch run's), whole runs (test metrics, trace, checkpoints,
     final files) into fresh directories, ``rounds`` interleaved rounds, medians. Contenders:
     "together" ``train_many`` as it chooses (:func:`default_workers`: worker threads on the CPU),
-    "together_in_process" ``train_many(workers=1)``, "apart" ``train`` one run after the other,
+    "together_in_process" ``train_many(workers=1)``, "together_threads" and "together_processes" its
+    workers of each kind (:mod:`vaescope.training.workers`; the process pool started once, before the
+    first round, as a command pays it once), "apart" ``train`` one run after the other,
     "apart_workers" one model per stack in ``train_many``'s worker threads. ``speedup``: apart / together.
     Takes ~2 s per model-epoch per contender and round on an idle 2-core machine."""
     import statistics
@@ -45,13 +48,19 @@ def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds:
     known: dict[str, Callable[[list[Path]], Any]] = {
         "together": lambda outs: train_many(seeds, outs, dataset=data, progress=False),
         "together_in_process": lambda outs: train_many(seeds, outs, dataset=data, progress=False, workers=1),
+        "together_threads": lambda outs: train_many(seeds, outs, dataset=data, progress=False, worker_kind="threads"),
+        "together_processes": lambda outs: train_many(seeds, outs, dataset=data, progress=False,
+                                                      worker_kind="processes"),
         "apart": apart,
         "apart_workers": lambda outs: train_many(seeds, outs, dataset=data, progress=False, max_models=1),
     }
     unknown = sorted(set(contenders) - set(known))
-    if unknown or "apart" not in contenders or "together" not in contenders:
-        raise VaescopeError(f"multi_model_benchmark: contenders {list(contenders)}; give 'together', 'apart' and "
-                            f"any of {', '.join(known)}")
+    together = "together" if "together" in contenders else f"together_{DEFAULT_WORKER_KIND}"
+    if unknown or "apart" not in contenders or together not in contenders:
+        raise VaescopeError(f"multi_model_benchmark: contenders {list(contenders)}; give 'apart', 'together' (or "
+                            f"'{together}') and any of {', '.join(known)}")
+    if any(name in ("together_processes", "together") for name in contenders):
+        start_processes(default_workers(seeds), 1)  # once, as a command pays it
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     with tempfile.TemporaryDirectory(prefix="vaescope-multi-bench-") as root:
@@ -66,6 +75,8 @@ def multi_model_benchmark(config: Config | None = None, models: int = 6, rounds:
                               "threads": config.train.threads or os.cpu_count(), "workers": default_workers(seeds)}
     for name, values in times.items():
         result[f"{name}_seconds_per_model_epoch"] = statistics.median(values)
+    result["together_seconds_per_model_epoch"] = result[f"{together}_seconds_per_model_epoch"]
+    result["worker_kind"] = DEFAULT_WORKER_KIND
     result["speedup"] = result["apart_seconds_per_model_epoch"] / result["together_seconds_per_model_epoch"]
     return result
 

@@ -327,7 +327,8 @@ def extra_rows(multi_models: int = 0, monitor: bool = False, whole_process: bool
     rows: dict[str, Any] = {}
     if multi_models:
 
-        rows["multi_model"] = multi_model_benchmark(models=multi_models, rounds=repeats, dataset=dataset)
+        rows["multi_model"] = multi_model_benchmark(models=multi_models, rounds=repeats, dataset=dataset,
+                                                    contenders=("together_threads", "together_processes", "apart"))
     if monitor:
 
         rows["monitor"] = measure_overhead(repeats=repeats, dataset=dataset if dataset is not None else "mnist")

@@ -109,6 +109,11 @@ class _Pool:
 atexit.register(_Pool.close)
 
 
+def start_processes(workers: int, threads: int) -> None:
+    """Start :func:`in_processes`'s pool now (what its first call would pay: seconds to spawn)."""
+    _Pool.get(workers, threads)
+
+
 def in_processes(fn: Callable[..., Any], work: Sequence[Task], workers: int, threads: int) -> list[Any]:
     """Each task in one of ``workers`` spawned processes of ``threads`` intra-op threads."""
     log.info("training %d tasks in %d processes", len(work), workers)
