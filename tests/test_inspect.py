@@ -188,3 +188,35 @@ def test_command_line_refusals_are_one_line(args, message, tiny_run, tiny_npz, t
 def test_help_says_that_model_runs_user_code():
     result = CliRunner().invoke(main, ["inspect", "--help"])
     assert "IMPORTS AND RUNS YOUR PYTHON CODE" in " ".join(result.output.split())
+
+
+def test_every_word_of_the_inspect_report_comes_from_inspect_json(tiny_run, tmp_path):
+    """The intro, Table 1 and the closing lesson of report.md, read back against inspect.json."""
+    from test_sweep import markdown_rows, markdown_section
+
+    out = tmp_path / "inspect"
+    result = CliRunner().invoke(main, ["inspect", str(tiny_run), "--samples", "200", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / INSPECT_FILE).read_text())
+    text = (out / "report.md").read_text()
+    stats = payload["statistics"]
+    intro = text.split("\n\n")[1]
+    assert intro.startswith(payload["model"]["description"] + ".")
+    assert f"Measured on {payload['data']['description']}" in intro
+    assert (f"{stats['inactive_count']} of {stats['latent_dim']} latent variables inactive "
+            f"(Var(mu) < {stats['thresholds']['mu_variance']:g})") in intro
+    assert f"the largest |Var(mu) + mean sigma^2 - 1| is {stats['variance_law_max_abs_dev']:.3f}" in intro
+    assert f"The decoder's likelihood: {payload['model']['likelihood']}" in intro
+
+    table = markdown_rows(markdown_section(text, "table1"))
+    assert [int(cells[0]) for cells in table] == [v["index"] for v in stats["variables"]]
+    for cells, v in zip(table, stats["variables"], strict=True):
+        assert float(cells[1]) == pytest.approx(v["mu_variance"], rel=5e-4)
+        assert float(cells[2]) == pytest.approx(v["sigma2_mean"], rel=5e-4)
+        assert float(cells[3]) == pytest.approx(v["variance_law"], abs=5e-5)
+        assert float(cells[4]) == pytest.approx(v["kl_mean"], abs=5e-5)
+        assert cells[-1] == ("active" if v["active"] else "INACTIVE")
+    assert sum(cells[-1] == "INACTIVE" for cells in table) == stats["inactive_count"]
+    lesson = " ".join(markdown_section(text, "lesson").split())
+    assert payload["lesson"]["statements"] and all(s["text"] in lesson for s in payload["lesson"]["statements"])
+    assert f"{stats['inactive_count']} of {stats['latent_dim']} latent variables are inactive" in lesson
