@@ -319,3 +319,22 @@ def test_refusals_of_the_callback():
         with pytest.raises(VaescopeError, match="not the state of version 1") as excinfo:
             callback.load_state_dict(bad)
         assert "\n" not in str(excinfo.value)
+
+
+@pytest.mark.slow  # two processes start (about 10 s)
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_under_ddp_every_process_reads_the_metric_and_one_writes(tmp_path):
+    # 32 rows, 2 processes: each sees 16, 4 batches of 4 an epoch; the gradient of -(c . w) is the same
+    # constant on both, so w follows the hand-worked schedule and EarlyStopping stops after epoch 4
+    # on both processes (one without the metric would raise: EarlyStopping is strict)
+    callback = LatentMonitorCallback(drift_probe(), every=STEPS_PER_EPOCH, tensorboard=False,
+                                     log_dir=tmp_path / "watch")
+    trainer = lightning.Trainer(max_epochs=50, accelerator="cpu", devices=2, strategy="ddp_spawn",
+                                callbacks=[callback, EarlyStopping(monitor=ACTIVE_METRIC, mode="max", patience=2),
+                                           ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1)],
+                                default_root_dir=str(tmp_path), enable_progress_bar=False,
+                                enable_model_summary=False, log_every_n_steps=1, logger=False)
+    trainer.fit(Drift(), DataLoader(TensorDataset(torch.zeros(8 * STEPS_PER_EPOCH, len(DRIFT))), batch_size=4))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir())[-1] == "epoch=4-step=20.ckpt"
+    assert read_trace(tmp_path / "watch").steps == [0, 4, 8, 12, 16, 20]
+    assert sorted(p.name for p in (tmp_path / "watch").iterdir()) == ["events.csv", TRACE_FILE]
