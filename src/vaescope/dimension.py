@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vaescope.core.errors import VaescopeError
+from vaescope.core.provenance import provenance
 from vaescope.data.sources import load_dataset
 from vaescope.measures.intrinsic import (
     DEFAULT_KS,
@@ -42,7 +43,7 @@ class DimensionReport:
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "split": self.split, "data": self.data.to_dict(),
                 "codes": None if self.codes is None else self.codes.to_dict(),
-                "active": self.active, "latent_dim": self.latent_dim}
+                "active": self.active, "latent_dim": self.latent_dim, "provenance": provenance()}
 
 
 def dimension_report(source: str | None = None, run: str | Path | None = None, split: str = "train",
