@@ -247,3 +247,16 @@ def test_results_record_the_code_command_and_machine_that_made_them(tiny_reprodu
     assert block["vaescope"] == __import__("importlib.metadata").metadata.version("vaescope")
     report = (out / "report.md").read_text()
     assert f"vaescope {block['vaescope']}" in report and block["machine"]["cpu"] in report
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/venv/bin/vaescope", "inspect", "runs/a"], "vaescope inspect runs/a"),
+    (["/site-packages/vaescope/__main__.py", "stats", "r"], "vaescope stats r"),
+    (["/site-packages/pytest/__main__.py", "-q"], "/site-packages/pytest/__main__.py -q"),
+    (["script.py", "--x"], "script.py --x"),
+])
+def test_the_recorded_command_is_the_one_typed(monkeypatch, argv, expected):
+    from vaescope.core import provenance as provenance_mod
+
+    monkeypatch.setattr(provenance_mod.sys, "argv", argv)
+    assert provenance_mod.command_line() == expected

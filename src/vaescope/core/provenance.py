@@ -64,8 +64,9 @@ def gpu_names() -> list[str]:
 def command_line() -> str:
     """The command as the user typed it: ``vaescope ...`` for the console script, else argv."""
     argv = list(sys.argv)
-    if argv and Path(argv[0]).name in ("vaescope", "__main__.py"):
-        argv[0] = "vaescope"
+    first = Path(argv[0]) if argv else None
+    if first is not None and (first.name == "vaescope" or (first.name == "__main__.py" and first.parent.name == "vaescope")):
+        argv[0] = "vaescope"  # the console script, or python -m vaescope (not another package's __main__)
     return " ".join(argv)
 
 
