@@ -316,7 +316,7 @@ def test_refusals_of_the_callback():
         LatentMonitorCallback(drift_probe(), encode_fn=3)
     callback = LatentMonitorCallback(drift_probe())
     for bad in ({"steps": [0]}, {"version": 99}):
-        with pytest.raises(VaescopeError, match="not the state of version 1") as excinfo:
+        with pytest.raises(VaescopeError, match="not a monitor state of version 1") as excinfo:
             callback.load_state_dict(bad)
         assert "\n" not in str(excinfo.value)
 

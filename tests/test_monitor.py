@@ -2,6 +2,7 @@
 modes and gradients untouched, NaN and bad probes."""
 
 import csv
+import json
 import logging
 import math
 
@@ -238,3 +239,29 @@ def test_readme_monitor_example_runs(tiny_npz, tiny_dataset, tmp_path, monkeypat
     final = vaescope.latent_statistics(namespace["model"], tiny_dataset.x_test)  # the probe is all 128
     assert np.allclose(trace.mu_variance[-1], final.mu_variance, rtol=1e-6)
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "runs" / "my-loop").iterdir())
+
+
+def test_a_monitor_resumed_from_its_state_continues_the_same_trace_and_events(tmp_path, probe):
+    """Stopped at step 7 (variable 1 collapsed at 6, not yet back), saved as JSON, a new monitor in
+    another folder continues: the revival at step 10 is seen, and the trace and events are those of
+    the uninterrupted run."""
+    model = Switchable()
+    with LatentMonitor(model, probe, every=2, log_dir=tmp_path / "whole", tensorboard=False) as whole:
+        run_switching(whole, model)
+    model = Switchable()
+    with LatentMonitor(model, probe, every=2, log_dir=tmp_path / "first", tensorboard=False) as first:
+        for step in range(8):
+            model.alive = not 5 <= step < 9
+            first.step(step)
+        saved = json.loads(json.dumps(first.state_dict()))
+    with LatentMonitor(model, probe, every=2, log_dir=tmp_path / "second", tensorboard=False) as second:
+        second.load_state_dict(saved)
+        for step in range(8, 13):
+            model.alive = not 5 <= step < 9
+            second.step(step)
+    assert second.trace.steps == whole.trace.steps == [0, 2, 4, 6, 8, 10, 12]
+    np.testing.assert_array_equal(np.array(second.trace.mu_variance), np.array(whole.trace.mu_variance))
+    assert [(e.step, e.variable, e.event) for e in second.events] == [(6, 1, "collapse"), (10, 1, "revival")]
+    assert (tmp_path / "second" / EVENTS_FILE).read_text() == (tmp_path / "whole" / EVENTS_FILE).read_text()
+    with pytest.raises(VaescopeError, match="LatentMonitor.load_state_dict got \\['steps'\\], not a monitor state"):
+        second.load_state_dict({"steps": []})

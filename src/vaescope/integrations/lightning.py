@@ -41,19 +41,16 @@ steps and events of an uninterrupted fit (the resumed folder's ``trace.csv`` hol
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from vaescope.core.errors import VaescopeError
-from vaescope.integrations.monitor import DEFAULT_EVERY, LatentEvent, LatentMonitor
+from vaescope.integrations.monitor import DEFAULT_EVERY, LatentMonitor, check_state
 from vaescope.measures.statistics import LatentStatistics
 from vaescope.models.adapters import LatentModelAdapter, as_latent_model
-from vaescope.runs.files import Trace
 
 try:
     import lightning.pytorch as pl
@@ -68,8 +65,6 @@ except ImportError:  # the older package name
 MODEL_ATTRIBUTES = ("model", "vae")  # where a LightningModule usually keeps the network it wraps
 ACTIVE_METRIC = "latent/active_count"  # the names of TensorBoard's scalars, the loggers' and callback_metrics'
 DEVIATION_METRIC = "latent/variance_law_max_abs_dev"
-STATE_VERSION = 1
-_EVENT_FIELDS = [f.name for f in fields(LatentEvent)]
 
 
 def find_latent_model(pl_module: nn.Module, attribute: str | None = None) -> LatentModelAdapter:
@@ -174,8 +169,8 @@ class LatentMonitorCallback(pl.Callback):
             options.pop("overwrite", None)
             self.monitor = LatentMonitor(model, self.probe, every=self.every, tensorboard=False, **options)
         if restored is not None:
-            _restore(self.monitor, restored)
-            self._latest = restored["latest"]
+            self.monitor.load_state_dict(restored)
+            self._latest = restored.get("latest")
         else:
             self._record(trainer, self.monitor.record(trainer.global_step, float(trainer.current_epoch)))
 
@@ -216,61 +211,11 @@ class LatentMonitorCallback(pl.Callback):
         loads with ``weights_only=True``)."""
         if self.monitor is None:
             return dict(self._restored) if self._restored is not None else {}
-        return {**_capture(self.monitor), "latest": self._latest}
+        return {**self.monitor.state_dict(), "latest": self._latest}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the state until ``on_train_start`` builds the monitor that continues it."""
         if not state_dict:
             return
-        _check_state(state_dict)
+        check_state(state_dict, "LatentMonitorCallback.load_state_dict")
         self._restored = dict(state_dict)
-
-
-# ---------------------------------------------------------------------------- the monitor's state
-# LatentMonitor keeps its standing verdicts in private fields and has no state API of its own:
-# these two functions are the one place that reads and writes them.
-
-def _capture(monitor: LatentMonitor) -> dict[str, Any]:
-    trace = monitor.trace
-    verdict, streak = monitor._verdict, monitor._streak
-    return {
-        "version": STATE_VERSION,
-        "steps": [int(s) for s in trace.steps],
-        "epochs": [float(e) for e in trace.epochs],
-        "mu_variance": [[float(v) for v in row] for row in trace.mu_variance],
-        "sigma2_mean": [[float(v) for v in row] for row in trace.sigma2_mean],
-        "events": [asdict(e) for e in monitor.events],
-        "verdict": None if verdict is None else [bool(v) for v in verdict],
-        "streak": None if streak is None else [int(v) for v in streak],
-        "last_step": monitor._last_step,
-    }
-
-
-def _check_state(state: dict[str, Any]) -> None:
-    keys = {"version", "latest", "steps", "epochs", "mu_variance", "sigma2_mean", "events", "verdict", "streak",
-            "last_step"}
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not keys <= set(state):
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise VaescopeError(f"LatentMonitorCallback.load_state_dict got {found}, not the state of version "
-                            f"{STATE_VERSION} (keys {', '.join(sorted(keys))}); resume from a checkpoint this "
-                            "callback saved, or start the fit afresh")
-    rows = {len(state[k]) for k in ("steps", "epochs", "mu_variance", "sigma2_mean")}
-    if len(rows) != 1:
-        raise VaescopeError("LatentMonitorCallback.load_state_dict: the trace's steps, epochs and values have "
-                            "different lengths; the checkpoint is damaged, start the fit afresh")
-
-
-def _restore(monitor: LatentMonitor, state: dict[str, Any]) -> None:
-    width = monitor.model.latent_dim
-    if state["mu_variance"] and width is not None and len(state["mu_variance"][0]) != width:
-        raise VaescopeError(f"LatentMonitorCallback: the checkpoint's trace has {len(state['mu_variance'][0])} "
-                            f"latent variables, the model {width}; resume with the model that was checkpointed")
-    monitor.trace = Trace(list(state["steps"]), list(state["epochs"]),
-                          [np.asarray(r, dtype=np.float64) for r in state["mu_variance"]],
-                          [np.asarray(r, dtype=np.float64) for r in state["sigma2_mean"]])
-    monitor.events = [LatentEvent(**{k: e[k] for k in _EVENT_FIELDS}) for e in state["events"]]
-    monitor._verdict = None if state["verdict"] is None else np.asarray(state["verdict"], dtype=bool)
-    monitor._streak = None if state["streak"] is None else np.asarray(state["streak"], dtype=int)
-    monitor._last_step = state["last_step"]
-    monitor._add_events([])  # events.csv of the resumed folder holds the restored events too
-    monitor.flush()

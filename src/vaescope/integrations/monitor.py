@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -291,6 +291,41 @@ class LatentMonitor:
         except (OSError, VaescopeError) as err:  # a full disk must not stop the user's training
             logger.warning("vaescope monitor: cannot write %s (%s); training goes on", path, err)
 
+    # ------------------------------------------------------------------------ state, for a checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trace, the events and the standing verdicts as plain Python values (JSON, or a
+        checkpoint that loads with ``torch.load(weights_only=True)``); :meth:`load_state_dict`
+        continues from them, so a resumed training keeps one trace and one list of events."""
+        return {
+            "version": STATE_VERSION,
+            "steps": [int(s) for s in self.trace.steps],
+            "epochs": [float(e) for e in self.trace.epochs],
+            "mu_variance": [[float(v) for v in row] for row in self.trace.mu_variance],
+            "sigma2_mean": [[float(v) for v in row] for row in self.trace.sigma2_mean],
+            "events": [asdict(e) for e in self.events],
+            "verdict": None if self._verdict is None else [bool(v) for v in self._verdict],
+            "streak": None if self._streak is None else [int(v) for v in self._streak],
+            "last_step": self._last_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s values (checked: one line names what is wrong)."""
+        check_state(state, "LatentMonitor.load_state_dict")
+        width = self.model.latent_dim
+        if state["mu_variance"] and width is not None and len(state["mu_variance"][0]) != width:
+            raise VaescopeError(f"LatentMonitor.load_state_dict: the saved trace has {len(state['mu_variance'][0])} "
+                                f"latent variables, the model {width}; resume with the model that was saved")
+        self.trace = Trace(list(state["steps"]), list(state["epochs"]),
+                           [np.asarray(r, dtype=np.float64) for r in state["mu_variance"]],
+                           [np.asarray(r, dtype=np.float64) for r in state["sigma2_mean"]])
+        self.events = [LatentEvent(**{k: e[k] for k in _EVENT_FIELDS}) for e in state["events"]]
+        self._verdict = None if state["verdict"] is None else np.asarray(state["verdict"], dtype=bool)
+        self._streak = None if state["streak"] is None else np.asarray(state["streak"], dtype=int)
+        self._last_step = state["last_step"]
+        self._add_events([])  # events.csv of the resumed folder holds the restored events too
+        self.flush()
+
     def flush(self) -> None:
         """Write ``trace.csv`` now (it is otherwise rewritten at most every few seconds) and flush TensorBoard."""
         if self.log_dir is not None and self.trace.steps:
@@ -315,3 +350,18 @@ class LatentMonitor:
 
 # ---------------------------------------------------------------------------- cost
 
+
+STATE_VERSION = 1
+_EVENT_FIELDS = [f.name for f in fields(LatentEvent)]
+_STATE_KEYS = {"version", "steps", "epochs", "mu_variance", "sigma2_mean", "events", "verdict", "streak", "last_step"}
+
+
+def check_state(state: Any, where: str) -> None:
+    """Refuse, in one line, a state that :meth:`LatentMonitor.state_dict` did not write."""
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not _STATE_KEYS <= set(state):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise VaescopeError(f"{where} got {found}, not a monitor state of version {STATE_VERSION} (keys "
+                            f"{', '.join(sorted(_STATE_KEYS))}); resume from a checkpoint that saved it, or start afresh")
+    if len({len(state[k]) for k in ("steps", "epochs", "mu_variance", "sigma2_mean")}) != 1:
+        raise VaescopeError(f"{where}: the saved trace's steps, epochs and values have different lengths; the "
+                            "checkpoint is damaged, start afresh")
