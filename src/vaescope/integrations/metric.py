@@ -33,6 +33,7 @@ from torchmetrics import Metric
 from vaescope.core.config import StatsConfig
 from vaescope.core.errors import VaescopeError
 from vaescope.measures.statistics import LatentStatistics
+from vaescope.measures.statistics import merge_moments as pairwise_merge
 from vaescope.models.objectives import kl_per_variable
 
 
@@ -40,12 +41,7 @@ def merge_moments(stacked: torch.Tensor) -> torch.Tensor:
     """Fold ``(P, 3, D)`` [count, mean, M2] states into one ``(3, D)`` (Chan et al.'s pairwise merge)."""
     merged = stacked[0]
     for other in stacked[1:]:
-        n_a, mean_a, m2_a = merged
-        n_b, mean_b, m2_b = other
-        total = n_a + n_b
-        safe = total.clamp(min=1.0)  # 0 rows on both sides: every term below is 0
-        delta = mean_b - mean_a
-        merged = torch.stack([total, mean_a + delta * (n_b / safe), m2_a + m2_b + delta.square() * (n_a * n_b / safe)])
+        merged = torch.stack(pairwise_merge(*merged, *other))
     return merged
 
 

@@ -104,6 +104,16 @@ class LatentStatistics:
         }
 
 
+def merge_moments(n_a: Any, mean_a: torch.Tensor, m2_a: torch.Tensor, n_b: Any, mean_b: torch.Tensor,
+                  m2_b: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Count, mean and sum of squared deviations of two parts together (Chan et al.'s pairwise
+    merge); counts may be numbers or tensors, and two empty parts give zeros."""
+    total = n_a + n_b
+    safe = total.clamp(min=1.0) if isinstance(total, torch.Tensor) else max(total, 1)
+    delta = mean_b - mean_a
+    return total, mean_a + delta * (n_b / safe), m2_a + m2_b + delta.square() * (n_a * n_b / safe)
+
+
 class _Moments:
     """Streaming mean and variance (Chan et al.'s pairwise merge) in float64, kept on the device
     of the batches so that an accelerator never waits on the host between batches."""
@@ -119,11 +129,7 @@ class _Moments:
             return
         batch_mean = batch.mean(0)
         batch_m2 = (batch - batch_mean).square().sum(0)
-        delta = batch_mean - self.mean
-        total = self.n + b
-        self.mean = self.mean + delta * (b / total)
-        self.m2 = self.m2 + batch_m2 + delta.square() * (self.n * b / total)
-        self.n = total
+        self.n, self.mean, self.m2 = merge_moments(self.n, self.mean, self.m2, b, batch_mean, batch_m2)
 
     @property
     def variance(self) -> torch.Tensor:
