@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from vaescope.core.errors import VaescopeError
@@ -45,12 +44,12 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     """d^2 between N(mean_a, cov_a) and N(mean_b, cov_b) (the module docstring's formula)."""
     mean_a, mean_b = np.asarray(mean_a, np.float64), np.asarray(mean_b, np.float64)
     cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():  # a singular product: the usual remedy, a small ridge on both
-        ridge = np.eye(len(cov_a)) * 1e-6
-        root = scipy.linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
-    root = np.real(root)  # rounding leaves imaginary parts of order 1e-10
-    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+    # tr (C_a C_b)^(1/2) = sum of the square roots of the eigenvalues of C_a C_b (real, >= 0: the
+    # product is similar to C_a^(1/2) C_b C_a^(1/2)); rounding leaves tiny imaginary or negative parts.
+    # This form (torchmetrics' too) needs no matrix square root, and holds for singular covariances.
+    eigenvalues = np.linalg.eigvals(cov_a @ cov_b)
+    root_trace = float(np.sqrt(eigenvalues.astype(np.complex128)).real.sum())
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * root_trace)
 
 
 def frechet_distance_of(real: np.ndarray, generated: np.ndarray) -> float:
