@@ -287,9 +287,16 @@ def test_the_command_check_can_fail() -> None:  # the control: a wrong command o
 
 @pytest.mark.parametrize("where, comments, code", TOML, ids=_ids(TOML))
 def test_toml_block_is_a_valid_config(where, comments, code, tmp_path) -> None:
+    import tomllib
+
     path = tmp_path / "config.toml"
     path.write_text(code)
-    config_mod.resolve("dense16", path)  # raises VaescopeError, one line, on a bad key or value
+    resolved = config_mod.resolve("dense16", path).to_dict()  # raises VaescopeError on a bad key or value
+    for section, values in tomllib.loads(code).items():  # every value the block sets is the config's
+        if section == "extends" or not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            assert resolved[section][key] == (list(value) if isinstance(value, list) else value), (section, key)
 
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
