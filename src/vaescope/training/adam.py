@@ -48,8 +48,10 @@ class FusedAdam:
 
     found_inf: torch.Tensor | None = None  # a class default: NonFiniteGuard sets and deletes the attribute
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3) -> None:
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3, per_model: bool = False) -> None:
         self.params = list(params)
+        self.per_model = per_model
+        self._views: dict[int, tuple[Any, ...]] = {}  # per_model: id(p) -> its moments and the views of all three
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
         self.defaults = {**DEFAULTS, "lr": lr}
@@ -76,20 +78,38 @@ class FusedAdam:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
+            if self.per_model:  # one tensor per model: views of the stack, its gradient and moments
+                views = self._model_views(p, state)
+                params += views[0]
+                grads += p.grad.unbind()
+                exp_avgs += views[1]
+                exp_avg_sqs += views[2]
+                steps += [state["step"]] * len(p)
+            else:
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
         if not params:
             return
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
+        distinct = list({id(s): s for s in steps}.values())  # a stack's models share its step
+        torch._foreach_add_(distinct, 1)
         torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=float(group["lr"]),
                            beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
                            eps=float(group["eps"]), maximize=False, grad_scale=None, found_inf=self.found_inf)
         if self.found_inf is not None:  # a skipped step does not count (torch.optim.Adam does the same)
-            torch._foreach_sub_(steps, [self.found_inf] * len(steps))
+            torch._foreach_sub_(distinct, [self.found_inf] * len(distinct))
+
+    def _model_views(self, p: torch.Tensor, state: dict[str, Any]) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """The per-model views of ``p`` and its moments, made again when the moments were replaced."""
+        cached = self._views.get(id(p))
+        if cached is None or cached[0] is not state["exp_avg"] or cached[1] is not state["exp_avg_sq"]:
+            cached = (state["exp_avg"], state["exp_avg_sq"],
+                      (p.unbind(), state["exp_avg"].unbind(), state["exp_avg_sq"].unbind()))
+            self._views[id(p)] = cached
+        return cached[2]
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Adam``'s layout: state by parameter index, and the group's hyper-parameters."""

@@ -53,12 +53,13 @@ def memory_format(model: nn.Module) -> torch.memory_format:
 
 # ---------------------------------------------------------------------------- set-up
 
-def make_optimizer(model: nn.Module, lr: float) -> Optimizer:
+def make_optimizer(model: nn.Module, lr: float, per_model: bool = False) -> Optimizer:
     """Adam with torch's fused kernel (one kernel for all parameters): :class:`~vaescope.training.adam.FusedAdam`
-    where the kernel takes the parameters, else ``torch.optim.Adam`` (fused where it can be)."""
+    where the kernel takes the parameters, else ``torch.optim.Adam`` (fused where it can be).
+    ``per_model``: ``model`` holds stacked models, updated model by model (``FusedAdam``'s ``per_model``)."""
     params = list(model.parameters())
     if fused_kernel_supports(params):
-        return FusedAdam(params, lr=lr)
+        return FusedAdam(params, lr=lr, per_model=per_model)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch or unsupported device

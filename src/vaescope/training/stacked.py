@@ -322,7 +322,7 @@ def stacked_epoch(
             kept = torch.tensor(keep, device=device)
             orders, totals = orders.index_select(0, kept), totals.index_select(0, kept)
             stack = stack.select(keep)  # their weights and this step's gradients
-            optimizer = make_optimizer(stack, lr)
+            optimizer = make_optimizer(stack, lr, per_model=True)
             stack_optimizer_state([setups[i].optimizer for i in alive], [setups[i].model for i in alive],
                                   optimizer, stack)
             terms = terms.select(keep)
@@ -348,7 +348,7 @@ def stacked_epoch(
 def _stacked(setups: Sequence[TrainingSetup], chosen: list[int], lr: float) -> tuple[StackedDenseVAE, Optimizer]:
     models = [setups[i].model for i in chosen]
     stack = StackedDenseVAE(models)
-    optimizer = make_optimizer(stack, lr)
+    optimizer = make_optimizer(stack, lr, per_model=True)
     stack_optimizer_state([setups[i].optimizer for i in chosen], models, optimizer, stack)
     return stack, optimizer
 
