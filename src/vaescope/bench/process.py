@@ -80,7 +80,7 @@ def whole_process_comparison(epochs: int = 3, rounds: int = 3, include_pythae: b
     """Wall seconds of ``vaescope train --preset dense16 --epochs N`` (per-epoch test metrics, trace
     and checkpoints kept) and of pythae's pipeline for N epochs on the same architecture (with its
     own per-epoch evaluation on the test split), each a fresh process; medians over interleaved rounds.
-    ``ratio``: vaescope's time over pythae's (the issue's target: at most 0.5)."""
+    ``ratio``: vaescope's time over pythae's (the target: at most 0.5)."""
     try:
         import pythae  # noqa: F401
     except ImportError:
