@@ -10,6 +10,7 @@ import torch
 from torch import distributions as D
 
 from vaescope.core.errors import VaescopeError
+from vaescope.models.likelihood_base import sum_rows
 from vaescope.models.likelihoods import (
     Bernoulli,
     Categorical,
@@ -20,7 +21,6 @@ from vaescope.models.likelihoods import (
     NegativeBinomial,
     Poisson,
     resolve_likelihood,
-    sum_rows,
 )
 from vaescope.models import objectives
 
