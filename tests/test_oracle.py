@@ -20,8 +20,6 @@ from vaescope import latent_statistics, load_dataset
 from vaescope.core.errors import VaescopeError
 from vaescope.data.linear import LinearSource, linear_gaussian_data, parse_linear_source
 from vaescope.measures.oracle import (
-    collapse_thresholds,
-    compare,
     data_spectrum,
     expected_log_likelihood,
     gaussian_log_likelihood,
@@ -30,6 +28,7 @@ from vaescope.measures.oracle import (
     optimal_decoder,
     optimal_encoder,
 )
+from vaescope.measures.oracle_comparison import collapse_thresholds, compare
 
 # ---------------------------------------------------------------------------- the closed form by hand
 

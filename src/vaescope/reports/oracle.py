@@ -28,14 +28,8 @@ from vaescope.data.sources import load_dataset
 from vaescope.measures.bound import importance_weighted_bound
 from vaescope.measures.information import mutual_information
 from vaescope.measures.intrinsic import flat_points
-from vaescope.measures.oracle import (
-    LinearOracle,
-    OracleComparison,
-    compare,
-    linear_oracle,
-    marginal_log_likelihood,
-    optimal_decoder,
-)
+from vaescope.measures.oracle import LinearOracle, linear_oracle, marginal_log_likelihood, optimal_decoder
+from vaescope.measures.oracle_comparison import OracleComparison, compare
 from vaescope.measures.statistics import latent_statistics
 from vaescope.models.adapters import as_latent_model
 from vaescope.models.isolation import untouched

@@ -15,7 +15,7 @@ from vaescope.core.provenance import provenance
 from vaescope.core.storage import atomic_write_json, atomic_write_text
 from vaescope.measures.intrinsic import DEFAULT_TOLERANCE, intrinsic_dimension
 from vaescope.measures.lesson import sweep_lesson
-from vaescope.measures.oracle import collapse_thresholds
+from vaescope.measures.oracle_comparison import collapse_thresholds
 from vaescope.reports.figures.common import save_png
 from vaescope.reports.figures.sweep import SweepCurve, active_count_figure, loss_figure, variance_law_figure
 from vaescope.reports.html import Block, Image, Paragraph, Section, Table, write_report
@@ -176,7 +176,7 @@ def _factor_section(results: Mapping[str, Any]) -> Section | None:
 def beta_readings(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """For a sweep over ``loss.beta``: per group of the other grid values, the active counts by beta and,
     on ``synthetic:linear`` data, each variable's collapse threshold against the closed form's
-    (:func:`vaescope.measures.oracle.collapse_thresholds`)."""
+    (:func:`vaescope.measures.oracle_comparison.collapse_thresholds`)."""
     if "loss.beta" not in results["grid"]:
         return []
     others = [k for k in results["grid"] if k != "loss.beta"]

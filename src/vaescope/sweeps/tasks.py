@@ -20,7 +20,8 @@ from vaescope.data.synthetic import factor_correlations, factor_matches, factor_
 from vaescope.measures.criteria import criteria_table
 from vaescope.measures.factors import dci, mutual_information_gap
 from vaescope.measures.intrinsic import estimate_dimension, flat_points
-from vaescope.measures.oracle import compare, linear_oracle
+from vaescope.measures.oracle import linear_oracle
+from vaescope.measures.oracle_comparison import compare
 from vaescope.measures.run import run_statistics
 from vaescope.reports.dimension import available as dimension_available
 from vaescope.reports.oracle import is_linear_source
