@@ -280,9 +280,12 @@ def verify(run: Path) -> None:
 @click.option("--bound", "bound_images", type=click.IntRange(min=1), default=None, metavar="N",
               help="Instead: time the importance-weighted bound, K = 1,000, over the first N MNIST test digits "
                    "(10000: the issue's figure).")
+@click.option("--compile", "compile_row", is_flag=True,
+              help="Instead: train.compile's cold and warm compile (fresh processes), eager against compiled "
+                   "steps, and the break-even epochs, for dense16 and conv16.")
 def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: int, multi_models: int,
           monitor: bool, whole_process: bool, scale: bool, scale_n: int, scale_dim: int,
-          bound_images: int | None) -> None:
+          bound_images: int | None, compile_row: bool) -> None:
     """Time training epochs and the statistics pass against a plain PyTorch loop and pythae.
 
     Ends with the performance targets of this project's 2-core machine: each one reached, or how
@@ -295,6 +298,12 @@ def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: 
                       else ("bound", bound_time(n=bound_images, threads=threads)))  # type: ignore[arg-type]
         click.echo(json.dumps({key: found.to_dict(), "provenance": provenance()}, indent=2) if as_json
                    else found.text())
+        return
+    if compile_row:
+        from vaescope.bench.compile import compile_benchmark, format_compile
+
+        found = compile_benchmark(dataset=data, repeats=repeats, threads=threads)
+        click.echo(json.dumps(found, indent=2) if as_json else format_compile(found))
         return
     from vaescope.bench.suite import check_targets, extra_rows, format_report, run_benchmark
 

@@ -92,6 +92,13 @@ class TrainConfig:
     threads: int = 0
     # "auto" picks CUDA when present, else CPU.
     device: str = "auto"
+    # torch.compile of the training step's loss (forward and backward; vaescope.training.compile):
+    # "off" trains eagerly, as before; "on" compiles (an error where it cannot: a user's model, a
+    # stateful loss.objective, no C++ compiler, Windows, a GPU); "auto" compiles where the run's
+    # remaining steps pay the compilation back, by break-evens measured on 2 cores, with inductor's
+    # cache kept in ~/.cache/vaescope/compile (warm: these shapes compiled before on this machine and
+    # torch). How a run is computed, not what it computes: a run resumes under any value.
+    compile: str = field(default="auto", compare=False)
 
 
 @dataclass(frozen=True)
@@ -257,6 +264,12 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     raise AssertionError(f"unsupported config type {hint} for {key}")  # a bug, not user input
 
 
+# train.compile: vaescope.training.compile.decide resolves each.
+COMPILE_MODES = ("auto", "on", "off")
+# Keys that choose how a run is computed, not what it computes: configs differing only here are
+# the same run (a run resumes under another value; see vaescope.runs.files.resolve_run_config).
+EXECUTION_KEYS = ("train.compile",)
+
 # loss.objective: vaescope.models.objectives.DecoderVariance implements each.
 OBJECTIVES = ("elbo", "balanced", "optimal-variance", "learned-variance")
 
@@ -311,6 +324,7 @@ def validate(config: Config) -> Config:
     need(t.threads >= 0, "train.threads", f"is {t.threads}; use 0 (all cores) or a positive number")
     need(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "train.device",
          f"is {t.device!r}; use 'auto', 'cpu' or 'cuda'")
+    need(t.compile in COMPILE_MODES, "train.compile", f"is {t.compile!r}; use 'auto', 'on' or 'off'")
     need(s.mu_variance_threshold > 0, "stats.mu_variance_threshold", "must be positive")
     need(0 < s.sigma2_threshold, "stats.sigma2_threshold", "must be positive")
     need(s.kl_threshold > 0, "stats.kl_threshold", "must be positive")

@@ -229,6 +229,7 @@ def loss_terms(
     generator: torch.Generator | None = None,
     z_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     variance: DecoderVariance | None = None,
+    eps: torch.Tensor | None = None,
 ) -> LossTerms:
     """Negative ELBO of a batch ``x`` ``(B, C, H, W)``, averaged over the batch.
 
@@ -238,10 +239,13 @@ def loss_terms(
     decoding (add noise to a variable, silence others) for interventions. ``variance``: the
     decoder variance's state (:class:`DecoderVariance`) of a Gaussian decoder; needed for the
     objectives that keep one ("balanced", "learned-variance"), made from ``loss`` otherwise.
+    ``eps``: the standard normal draw ``(B, D)`` of the reparameterisation, drawn by the caller
+    (a compiled step draws it outside the graph, from the same generator); None: drawn here.
     """
     mu, logvar = model.encode(x)
     if loss.sampling:
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
         regularizer = kl_per_variable(mu, logvar)
     else:

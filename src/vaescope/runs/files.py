@@ -19,6 +19,7 @@ directory; ``resume`` continues a run of the same config and refuses one of anot
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import shutil
 from dataclasses import dataclass, field
@@ -167,19 +168,21 @@ def stored_config(directory: Path) -> Config | None:
 
 
 def config_differences(a: Config, b: Config) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
+    """Dotted keys whose values differ between two configs (not the execution keys,
+    ``config.EXECUTION_KEYS``: configs differing only there are the same run, as ``==`` says)."""
     def diff(x: Any, y: Any, prefix: str) -> list[str]:
         if isinstance(x, dict) and isinstance(y, dict):
             return [d for k in sorted(set(x) | set(y)) for d in diff(x.get(k), y.get(k), f"{prefix}{k}.")]
         return [] if x == y else [prefix.rstrip(".")]
-    return diff(a.to_dict(), b.to_dict(), "")
+    return [key for key in diff(a.to_dict(), b.to_dict(), "") if key not in config_mod.EXECUTION_KEYS]
 
 
 def resolve_run_config(directory: Path, config: Config | None, resume: bool) -> Config:
     """The config to train ``directory`` with, by the one policy on run directories.
 
     Without ``resume`` the directory must hold no run. With ``resume`` a run there continues
-    with its stored config; ``config``, when given, must equal it (None: take the stored one).
+    with its stored config; ``config``, when given, must equal it (None: take the stored one),
+    and its execution keys (``train.compile``) are the ones it continues with.
     """
     stored = stored_config(directory)
     started = stored is not None or has_checkpoint(directory)
@@ -198,6 +201,8 @@ def resolve_run_config(directory: Path, config: Config | None, resume: bool) -> 
         changed = ", ".join(config_differences(stored, config)[:4])
         raise VaescopeError(f"{directory} holds a run of another config ({changed} differ); resume it without "
                             "options to continue it as it was, or choose another --out")
+    if config is not None:  # equal but for how it is computed: the caller's choice of that
+        return dataclasses.replace(stored, train=dataclasses.replace(stored.train, compile=config.train.compile))
     return stored
 
 

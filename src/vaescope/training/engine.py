@@ -26,7 +26,7 @@ from vaescope.core.errors import VaescopeError
 from vaescope.data.batches import as_float
 from vaescope.data.dataset import binarize_dynamic
 from vaescope.models.networks import build_model
-from vaescope.models.objectives import DecoderVariance, loss_terms
+from vaescope.models.objectives import DecoderVariance, LossTerms, loss_terms
 from vaescope.training.adam import FusedAdam, Optimizer, fused_kernel_supports
 
 EVAL_SEED_OFFSET = 7919  # the test-set ELBO uses its own fixed noise, identical every epoch
@@ -240,12 +240,15 @@ def train_epoch(
     binarize: bool = False,
     variance: DecoderVariance | None = None,
     variance_optimizer: Optimizer | None = None,
+    compiled: Callable[[torch.Tensor, torch.Generator], LossTerms] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``x_train`` ``(N, C, H, W)`` in a random order; returns the new global step
     and the epoch's mean loss, reconstruction and KL (the regulariser when not sampling).
     ``binarize`` (``data.binarize = "dynamic"``): each batch is a fresh Bernoulli sample of its
     grey levels, drawn with ``noise``. ``variance`` (and ``variance_optimizer`` when it is
-    learned): the Gaussian decoder's variance state, updated after every step.
+    learned): the Gaussian decoder's variance state, updated after every step. ``compiled``: the
+    loss compiled (:class:`vaescope.training.compile.CompiledLoss`, ``train.compile``), called as
+    ``compiled(batch, noise)`` in place of ``loss_terms`` (same noise; None: eager, as always).
 
     Raises :class:`NonFiniteLoss` at the first step whose loss or gradient is NaN or infinite,
     before Adam applies it: the weights stay finite.
@@ -266,7 +269,10 @@ def train_epoch(
                 batch = binarize_dynamic(batch, noise)
             if layout is not torch.contiguous_format:
                 batch = batch.to(memory_format=layout)
-            terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook, **own_variance)
+            if compiled is not None:
+                terms = compiled(batch, noise)
+            else:
+                terms = loss_terms(model, batch, loss, generator=noise, z_hook=z_hook, **own_variance)
             optimizer.zero_grad(set_to_none=True)
             if variance_optimizer is not None:
                 variance_optimizer.zero_grad(set_to_none=True)

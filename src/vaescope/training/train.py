@@ -44,6 +44,7 @@ from vaescope.runs.checkpoint import (
 from vaescope.runs.files import CONFIG_FILE, Trace, resolve_run_config, write_progress
 from vaescope.runs.manifest import verify_run, write_manifest
 from vaescope.runs.variance import write_record
+from vaescope.training.compile import for_run
 from vaescope.training.engine import (
     EVAL_SEED_OFFSET,
     NonFiniteLoss,
@@ -96,7 +97,7 @@ def train(
     with directory_lock(out):  # before looking at the directory: a live writer may be changing it
         config, intact = claim_run(out, config, resume)
         with cpu_settings(config.train.threads):
-            return train_claimed(config, out, resume, dataset, progress, model, intact)
+            return train_claimed(config, out, resume, dataset, progress, model, intact, may_compile=True)
 
 
 def claim_run(out: Path, config: Config | None, resume: bool) -> tuple[Config, bool]:
@@ -259,9 +260,12 @@ class Stopped(Exception):
 
 
 def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | None, progress: bool,
-                  model: nn.Module | None, intact: bool = False, stop: threading.Event | None = None) -> TrainResult:
+                  model: nn.Module | None, intact: bool = False, stop: threading.Event | None = None,
+                  may_compile: bool = False) -> TrainResult:
     """:func:`train` after :func:`claim_run`, with the lock of ``out`` held by the caller; raises
-    :class:`Stopped` at the next step once ``stop`` is set."""
+    :class:`Stopped` at the next step once ``stop`` is set. ``may_compile``: ``train.compile`` applies
+    (:func:`train`, one model in the calling thread); otherwise the run trains eagerly (the
+    many-model engine, :mod:`vaescope.training.multi`, trains eagerly whatever ``train.compile`` says)."""
     t_cfg = config.train
     device = select_device(t_cfg.device)
     data = dataset if dataset is not None else load_dataset(config.data.source, config.data.max_bytes)
@@ -270,6 +274,7 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
     subset = tensors.subset
     every = trace_interval(config, len(tensors.x_train))
     steps_per_epoch = math.ceil(len(tensors.x_train) / t_cfg.batch_size)
+    model_given = model is not None
     setup = prepare_training(config, data.image_shape, device, model)
     model = setup.model
     state = start_run(out, config, setup, subset, resume)
@@ -278,6 +283,12 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
     if finished_before and intact:
         log.info("%s is already trained (%d epochs)", out, state.epoch)
         return state.result()
+
+    compiled = None
+    if may_compile:
+        compiled = for_run(config, model, tensors.x_train, data.image_shape, device,
+                           model_given or config.model.kind == CUSTOM_KIND,
+                           (t_cfg.epochs - state.epoch) * steps_per_epoch)
 
     bar = tqdm(total=t_cfg.epochs * steps_per_epoch, initial=state.step, disable=not progress or None,
                unit="step", dynamic_ncols=True, leave=False)
@@ -301,7 +312,7 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
                 state.step, train_means = train_epoch(
                     model, setup.optimizer, tensors.x_train, config.loss, t_cfg.batch_size, setup.shuffle,
                     setup.noise, state.step, on_step=on_step, binarize=config.data.binarize == "dynamic",
-                    variance=setup.variance, variance_optimizer=setup.variance_optimizer)
+                    variance=setup.variance, variance_optimizer=setup.variance_optimizer, compiled=compiled)
             except NonFiniteLoss as fault:
                 raise divergence(out, state.epoch + 1, fault) from None
             end_epoch(state, tensors, train_means, time.perf_counter() - started,
