@@ -279,13 +279,16 @@ def verify(run: Path) -> None:
 @click.option("--scale-dim", type=click.IntRange(min=1), default=2_000, show_default=True, help="With --scale: D.")
 @click.option("--bound", "bound_images", type=click.IntRange(min=1), default=None, metavar="N",
               help="Instead: time the importance-weighted bound, K = 1,000, over the first N MNIST test digits "
-                   "(10000: the issue's figure).")
+                   "(10000: the test split).")
+@click.option("--stacking", is_flag=True,
+              help="Also time 1, 2, 4, ..., 64 dense16 models stacked on the CUDA device against one model's epoch "
+                   "(without a GPU the report says none was measured).")
 @click.option("--compile", "compile_row", is_flag=True,
               help="Instead: train.compile's cold and warm compile (fresh processes), eager against compiled "
                    "steps, and the break-even epochs, for dense16 and conv16.")
 def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: int, multi_models: int,
           monitor: bool, whole_process: bool, scale: bool, scale_n: int, scale_dim: int,
-          bound_images: int | None, compile_row: bool) -> None:
+          bound_images: int | None, stacking: bool, compile_row: bool) -> None:
     """Time training epochs and the statistics pass against a plain PyTorch loop and pythae.
 
     Ends with the performance targets of this project's 2-core machine: each one reached, or how
@@ -308,7 +311,7 @@ def bench(as_json: bool, repeats: int, n_train: int | None, data: str, threads: 
     from vaescope.bench.suite import check_targets, extra_rows, format_report, run_benchmark
 
     result = run_benchmark(data, repeats=repeats, n_train=n_train, threads=threads)
-    result.update(extra_rows(multi_models, monitor, whole_process, repeats=repeats))
+    result.update(extra_rows(multi_models, monitor, whole_process, repeats=repeats, stacking=stacking))
     result["targets"] = check_targets(result)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 

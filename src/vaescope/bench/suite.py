@@ -36,6 +36,7 @@ from torch import nn
 from vaescope.bench.monitor import measure_overhead
 from vaescope.bench.multi import multi_model_benchmark
 from vaescope.bench.process import whole_process_comparison
+from vaescope.bench.stacking import not_measured, stacking_benchmark
 from vaescope.core.config import Config, resolve
 from vaescope.core.device import cpu_settings, select_device
 from vaescope.core.errors import VaescopeError
@@ -321,24 +322,30 @@ def run_benchmark(
 
 
 def extra_rows(multi_models: int = 0, monitor: bool = False, whole_process: bool = False,
-               dataset: Dataset | None = None, repeats: int = 3) -> dict[str, Any]:
+               dataset: Dataset | None = None, repeats: int = 3, stacking: bool = False) -> dict[str, Any]:
     """The optional rows of ``vaescope bench``: many models at once (``multi_model``), the
-    LatentMonitor's cost (``monitor``) and whole processes against pythae (``whole_process``)."""
+    LatentMonitor's cost (``monitor``), whole processes against pythae (``whole_process``), and
+    stacked dense16 models on the GPU (``gpu_stacking``: always present, saying why it was not
+    measured where it was not: no CUDA device, or not asked for)."""
     rows: dict[str, Any] = {}
     if multi_models:
-
         rows["multi_model"] = multi_model_benchmark(models=multi_models, rounds=repeats, dataset=dataset,
                                                     contenders=("together_threads", "together_processes", "apart"))
     if monitor:
-
         rows["monitor"] = measure_overhead(repeats=repeats, dataset=dataset if dataset is not None else "mnist")
     if whole_process:
-
         rows["whole_process"] = whole_process_comparison(rounds=repeats)
+    if not torch.cuda.is_available():
+        rows["gpu_stacking"] = not_measured("no CUDA device on this machine: stacked models on a GPU were not "
+                                            "measured (the CUDA code path is tested on the CPU only)")
+    elif not stacking:
+        rows["gpu_stacking"] = not_measured("not asked for (--stacking)")
+    else:
+        rows["gpu_stacking"] = {"measured": True, **stacking_benchmark("cuda", dataset=dataset, rounds=repeats)}
     return rows
 
 
-# The performance issue's targets for this project's 2-core machine: (what, where in the result,
+# The performance targets for this project's 2-core machine: (what, where in the result,
 # comparison, value). Ratios are side by side in one run; shares are of the matmul yardstick.
 TARGETS: tuple[tuple[str, tuple[str, str], str, float], ...] = (
     ("dense16 epoch, speedup vs the plain loop", ("dense16", "speedup_vs_reference"), ">=", 1.5),
@@ -394,6 +401,14 @@ def format_report(result: dict[str, Any]) -> str:
         if key in ("multi_model", "monitor", "whole_process") and isinstance(value, dict):
             lines.append(f"{key}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in value.items() if not isinstance(v, (dict, list))))
+    gpu = result.get("gpu_stacking")
+    if gpu is not None and not gpu.get("measured"):
+        lines.append(f"GPU stacking: not measured ({gpu['reason']})")
+    elif gpu is not None:
+        lines.append(f"GPU stacking on {gpu['device_name']}: one dense16 model {seconds(gpu['single_epoch_s'])} an epoch; "
+                     + ", ".join(f"{r['models']} stacked {r['model_epochs_per_s']:.2f} model-epochs/s "
+                                 f"({r['speedup']:.1f}x)" for r in gpu["stacked"])
+                     + f"; throughput grows up to {gpu['knee']} models")
     if result.get("targets"):
         lines += ["", "targets (set for whole MNIST epochs on a 2-core CPU):"]
     for target in result.get("targets", []):
