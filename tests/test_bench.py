@@ -42,6 +42,9 @@ def check_shape(result: dict, with_pythae: bool) -> None:
         assert targets == bench.check_targets(result)
     where = result.pop("provenance")
     assert where["torch"] == torch.__version__ and where["machine"]["torch_threads"] == torch.get_num_threads()
+    gpu = result.pop("gpu_stacking", None)  # the CLI's rows: on a machine without CUDA, why none was measured
+    if gpu is not None and not torch.cuda.is_available():
+        assert gpu["measured"] is False and gpu["reason"].startswith("no CUDA device")
     assert set(result) == {"dense16", "conv16", "stats", "matmul_peak_gflops"}
     for name in ("dense16", "conv16"):
         row = result[name]

@@ -250,6 +250,9 @@ def compiled_step(config: Config, model: nn.Module, decision: Decision, batches:
     line; eager training goes on). Under "on" a failure is a one-line error."""
     started = time.perf_counter()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_folder()))
+    # dynamo's first compile turns torch.distributions' argument checks off for the whole process
+    # (torch/_dynamo/eval_frame.py, TorchPatcher): put the caller's setting back
+    validate = torch.distributions.Distribution._validate_args
     try:
         step = CompiledLoss(model, config.loss, config.model.latent_dim)
         step.warm_up(batches)
@@ -262,6 +265,8 @@ def compiled_step(config: Config, model: nn.Module, decision: Decision, batches:
         for p in model.parameters():
             p.grad = None
         return None
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
     seconds = time.perf_counter() - started
     log.info("compiled the training step for batches of %s in %.1f s (%s cache)",
              " and ".join(str(len(b)) for b in batches), seconds, "warm" if decision.warm else "cold")
