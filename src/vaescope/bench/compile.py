@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vaescope.core.errors import VaescopeError
+from vaescope.core.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ def compile_benchmark(presets: tuple[str, ...] = COMPILE_PRESETS, dataset: str =
                       threads: int = 2, steps: int = 60) -> dict[str, Any]:
     """``vaescope bench --compile --json``: one row per preset (:class:`CompileRow` as a dict)
     and the provenance. ``threads``: torch threads of every child (0: all cores)."""
-    from vaescope.core.provenance import provenance
-
     if repeats < 1:
         raise VaescopeError(f"--repeats is {repeats}; it must be at least 1")
     load, cores = os.getloadavg()[0], os.cpu_count() or 1

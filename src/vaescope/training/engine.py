@@ -34,21 +34,11 @@ EVAL_SEED_OFFSET = 7919  # the test-set ELBO uses its own fixed noise, identical
 
 # ---------------------------------------------------------------------------- the machine
 
-
-
-
-
-
-
-
-
 def memory_format(model: nn.Module) -> torch.memory_format:
     """The layout of ``model``'s weights and input batches: its ``memory_format`` attribute
     (vaescope's conv models: channels-last), else the default; a user's model keeps the default,
     since code written for it may ``view`` its inputs."""
     return getattr(model, "memory_format", torch.contiguous_format)
-
-
 
 
 # ---------------------------------------------------------------------------- set-up
