@@ -171,6 +171,7 @@ def objectives_table(settings: TableSettings, out: str | Path, dataset: Dataset 
     loaded); ``classifier``: the score's features (default: the cached LeNet of that data, trained once)."""
     out = Path(out)
     started = time.perf_counter()
+    where = provenance()  # now: the code that runs is the checkout as the command starts, not as it ends
     stages: dict[str, float] = {}
     with directory_lock(out, what="objectives folder", wait=wait,
                         hint="another 'vaescope objectives' writes into it; wait for it or choose another --out"):
@@ -202,7 +203,7 @@ def objectives_table(settings: TableSettings, out: str | Path, dataset: Dataset 
             "runs": runs, "findings": findings(runs),
             "counts": {"trained": len(plan) - finished_before, "reused": finished_before,
                        "measured": len(plan) - reused, "measures_reused": reused},
-            "totals": _totals(runs), "stages": stages, "provenance": provenance(),
+            "totals": _totals(runs), "stages": stages, "provenance": where,
         }
         stages["total"] = time.perf_counter() - started
         atomic_write_json(out / RESULTS_JSON, results)
