@@ -45,16 +45,14 @@ from vaescope.models.objectives import LossTerms, loss_terms
 log = logging.getLogger(__name__)
 
 # Break-even, in training steps, of compiling dense16 (batch 128, 2 threads): compile seconds over
-# seconds saved a step. Compile: measured 2026-12-07 at commit 2955bdf, torch 2.13.0 CPU, Python
-# 3.11, 2 cores of an AMD EPYC (AVX2), one fresh process each (the children of `vaescope bench
-# --compile`), only when other processes used < 0.1 core: cold 26.4 s (empty cache), warm 4.3 s
-# (second process, same cache). The saving a step: 0.57 ms (13% of ~4.2 ms), the compiled loss on
-# this machine, 2026-11-24 (docs/performance.md); our own step timings on 2026-12-07 were
-# unusable (another job held the cores: 2-thread steps took ~29 ms). 26.4 / 0.57e-3 = 46,316
-# steps, 99 MNIST epochs; 4.3 / 0.57e-3 = 7,544 steps, 16 epochs. conv16 was not measured:
-# "auto" leaves it eager ("on" compiles it). Re-measure with `vaescope bench --compile`.
+# seconds saved a step. `vaescope bench --compile --json` at commit 84cc5d9, 2026-12-07, torch 2.13.0
+# CPU, Python 3.11, 2 cores of an AMD EPYC (AVX2), nothing else running, medians of 3 fresh processes:
+# cold 28.8 s (empty cache), warm 5.0 s (second process, same cache); a step 4.91 ms eager, 4.46 ms
+# compiled (0.447 ms saved): 64,423 steps cold (137 MNIST epochs), 11,135 warm (24 epochs). conv16,
+# measured in the same run, is slower compiled (32.6 ms against 28.4 ms a step): it never pays back,
+# so "auto" leaves conv models eager ("on" compiles them).
 BREAK_EVEN_STEPS: dict[str, dict[str, int]] = {
-    "dense": {"cold": 46316, "warm": 7544},
+    "dense": {"cold": 64423, "warm": 11135},
 }
 # The kinds train.compile can compile: vaescope's own models (a user's model may do anything).
 COMPILABLE_KINDS = ("dense", "conv")
@@ -196,8 +194,8 @@ def decide(config: Config, device: torch.device, custom_model: bool, key: str, s
     state = "warm" if warm else "cold"
     table = BREAK_EVEN_STEPS.get(config.model.kind)
     if table is None:
-        return Decision(False, f"training eagerly: compiling model.kind {config.model.kind!r} was not measured to pay back",
-                        key, warm)
+        return Decision(False, f"training eagerly: model.kind {config.model.kind!r} trains slower compiled "
+                               "(vaescope bench --compile)", key, warm)
     needed = table[state]
     if steps_left > needed:
         return Decision(True, f"compiling: {steps_left} steps left exceed the break-even of {needed} ({state} cache)",
