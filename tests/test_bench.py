@@ -260,3 +260,21 @@ def test_device_side_fault_flag_matches_the_per_step_check(tiny_config, tiny_dat
         train_epoch(every_fifth[0], every_fifth[1], torch.from_numpy(tiny_dataset.x_train[:64]), tiny_config.loss,
                     32, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
         assert not all(torch.equal(a, b) for a, b in zip(before, every_fifth[0].parameters()))
+
+
+def test_the_bench_says_when_no_gpu_was_measured(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # whatever machine runs the tests
+    row = bench.extra_rows()["gpu_stacking"]
+    assert row["measured"] is False and row["reason"].startswith("no CUDA device on this machine")
+    text = bench.format_report({**_report_rows(), "gpu_stacking": row})
+    assert "GPU stacking: not measured (no CUDA device on this machine" in text
+
+
+def test_the_bench_report_reads_a_measured_gpu_row() -> None:
+    gpu = {"measured": True, "device_name": "Some GPU", "single_epoch_s": 0.5, "knee": 2,
+           "stacked": [{"models": 1, "epoch_s": 0.5, "model_epochs_per_s": 2.0, "speedup": 1.0},
+                       {"models": 2, "epoch_s": 0.5, "model_epochs_per_s": 4.0, "speedup": 2.0}]}
+    text = bench.format_report({**_report_rows(), "gpu_stacking": gpu})
+    assert ("GPU stacking on Some GPU: one dense16 model 0.50 s an epoch; 1 stacked 2.00 model-epochs/s (1.0x), "
+            "2 stacked 4.00 model-epochs/s (2.0x); throughput grows up to 2 models") in text
+

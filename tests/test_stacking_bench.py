@@ -2,10 +2,8 @@
 and the benchmark itself run on the CPU with tiny data (the CUDA path runs the same code)."""
 
 import numpy as np
-import torch
 import pytest
 
-from vaescope.bench import suite
 from vaescope.bench.stacking import knee, stacking_benchmark
 from vaescope.core.config import resolve
 from vaescope.core.errors import VaescopeError
@@ -48,27 +46,3 @@ def test_stacking_benchmark_refuses_bad_counts() -> None:
     with pytest.raises(VaescopeError, match="ascending model counts"):
         stacking_benchmark("cpu", dataset=_tiny(), counts=(4, 2))
 
-
-def test_the_bench_says_when_no_gpu_was_measured(monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # whatever machine runs the tests
-    row = suite.extra_rows()["gpu_stacking"]
-    assert row["measured"] is False and row["reason"].startswith("no CUDA device on this machine")
-    text = suite.format_report({**_rows(), "gpu_stacking": row})
-    assert "GPU stacking: not measured (no CUDA device on this machine" in text
-
-
-def test_the_bench_report_reads_a_measured_gpu_row() -> None:
-    gpu = {"measured": True, "device_name": "Some GPU", "single_epoch_s": 0.5, "knee": 2,
-           "stacked": [{"models": 1, "epoch_s": 0.5, "model_epochs_per_s": 2.0, "speedup": 1.0},
-                       {"models": 2, "epoch_s": 0.5, "model_epochs_per_s": 4.0, "speedup": 2.0}]}
-    text = suite.format_report({**_rows(), "gpu_stacking": gpu})
-    assert ("GPU stacking on Some GPU: one dense16 model 0.50 s an epoch; 1 stacked 2.00 model-epochs/s (1.0x), "
-            "2 stacked 4.00 model-epochs/s (2.0x); throughput grows up to 2 models") in text
-
-
-def _rows() -> dict:
-    row = {"vaescope_epoch_s": 1.0, "reference_epoch_s": 1.2, "reference_channels_last_epoch_s": None,
-           "pythae_epoch_s": None, "speedup_vs_reference": 1.2, "speedup_vs_pythae": None, "gflops": 50.0,
-           "fraction_of_matmul_peak": 0.45}
-    return {"dense16": row, "conv16": row, "stats": {"seconds": 0.2, "gflops": 100.0, "fraction_of_matmul_peak": 0.75},
-            "matmul_peak_gflops": 180.0}
