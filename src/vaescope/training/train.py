@@ -287,7 +287,7 @@ def train_claimed(config: Config, out: Path, resume: bool, dataset: Dataset | No
     compiled = None
     if may_compile:
         compiled = for_run(config, model, tensors.x_train, data.image_shape, device,
-                           model_given or config.model.kind == CUSTOM_KIND,
+                           model_given,  # a user's model kind is refused by the decision itself
                            (t_cfg.epochs - state.epoch) * steps_per_epoch)
 
     bar = tqdm(total=t_cfg.epochs * steps_per_epoch, initial=state.step, disable=not progress or None,
