@@ -11,6 +11,7 @@ import torch
 
 from vaescope.core.config import StatsConfig
 from vaescope.core.device import cpu_settings, select_device
+from vaescope.core.randomness import global_rng_kept
 from vaescope.core.storage import atomic_write_json, atomic_write_text
 from vaescope.data.dataset import Dataset, split_images
 from vaescope.data.sources import load_dataset
@@ -32,7 +33,7 @@ def _loaded(run: Run | str | Path) -> Run:
     generator, so that is done on a copy of the generator's state (the caller's draws stay as they were)."""
     if isinstance(run, Run):
         return run
-    with torch.random.fork_rng(devices=[]):
+    with global_rng_kept():
         return load_run(run)
 
 

@@ -23,7 +23,9 @@
 
 On exit, normally or on an exception, every submodule's flag and every random state is put back
 exactly as it was (so the user's next ``torch.randn`` gives what it would have given). Blocks nest:
-each restores what it found.
+each restores what it found. A block holds :data:`vaescope.core.randomness.GLOBAL_RNG_LOCK` from
+entry to exit, so a block in one thread cannot write an old state back in the middle of another
+thread's seeded initialisation (worker threads set up and measure runs side by side).
 
 What it does not do: it cannot undo a forward that writes to the model on purpose in eval mode
 (a buffer updated in place whatever the mode). :func:`model_fingerprint` is there to catch that in
@@ -41,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from vaescope.core.randomness import GLOBAL_RNG_LOCK
 
 
 def _modules(model: Any) -> list[nn.Module]:
@@ -64,6 +68,13 @@ def untouched(model: Any, *, seed: int | None = None) -> Iterator[torch.Generato
     (a pair of functions: only gradients and random states are guarded). ``seed``: of the yielded
     generator (on the model's device); None draws a fresh seed from the operating system.
     """
+    # another thread's seeded initialisation or block cannot interleave with this one
+    with GLOBAL_RNG_LOCK, _untouched(model, seed) as generator:
+        yield generator
+
+
+@contextlib.contextmanager
+def _untouched(model: Any, seed: int | None) -> Iterator[torch.Generator]:
     modes = [(module, module.training) for module in _modules(model)]
     python_state = random.getstate()
     numpy_state = np.random.get_state()

@@ -30,6 +30,7 @@ from torch import nn
 from vaescope.core import config as config_mod
 from vaescope.core.config import Config
 from vaescope.core.errors import VaescopeError
+from vaescope.core.randomness import global_rng_kept
 from vaescope.runs.manifest import require_intact
 from vaescope.models.networks import build_model
 from vaescope.core.storage import atomic_write_bytes, atomic_write_json, read_json
@@ -129,7 +130,7 @@ def load_run(directory: str | Path, map_location: str | torch.device = "cpu", mo
     except (KeyError, TypeError, ValueError) as err:
         raise VaescopeError(f"{weights} lacks vaescope's metadata; it was not written by vaescope train") from err
     if model is None:
-        with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: the caller's random state stays
+        with global_rng_kept():  # the initialisation is overwritten: the caller's random state stays
             model = build_model(config.model, image_shape)
     try:
         model.load_state_dict(tensors)

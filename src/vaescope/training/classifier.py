@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vaescope.core.errors import VaescopeError
+from vaescope.core.randomness import global_rng_kept
 from vaescope.models.classifier import LeNet
 from vaescope.training.engine import make_optimizer
 
@@ -66,7 +67,7 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with global_rng_kept():
             torch.manual_seed(settings.seed)
             model = LeNet()
         optimizer = make_optimizer(model, settings.lr)

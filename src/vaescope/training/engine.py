@@ -14,7 +14,6 @@ Every caller that trains (``vaescope train``, bench, the experiments) sets up th
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from vaescope.core.config import Config, LossConfig
 from vaescope.core.errors import VaescopeError
+from vaescope.core.randomness import seeded_global_rng
 from vaescope.data.batches import as_float
 from vaescope.data.dataset import binarize_dynamic
 from vaescope.models.networks import build_model
@@ -111,9 +111,6 @@ class TrainingSetup:
             self.variance_optimizer.load_state_dict(state)
 
 
-_INIT_LOCK = threading.Lock()  # seeding torch's global generator and drawing the initialisation: one thread at a time
-
-
 def prepare_training(config: Config, image_shape: tuple[int, ...], device: torch.device,
                      model: nn.Module | None = None) -> TrainingSetup:
     """The one set-up of a training run: seed ``train.seed``, build the model ``config.model``
@@ -121,8 +118,7 @@ def prepare_training(config: Config, image_shape: tuple[int, ...], device: torch
     the shuffle and noise generators seeded ``seed`` and ``seed + 1``."""
     seed = config.train.seed
     if model is None:
-        with _INIT_LOCK:  # runs set up in worker threads (vaescope.training.multi) each get their own seed's weights
-            torch.manual_seed(seed)  # the model's initialisation
+        with seeded_global_rng(seed):  # the model's initialisation; one thread at a time (worker threads)
             model = build_model(config.model, image_shape)
     model = model.to(device, memory_format=memory_format(model))
     variance = DecoderVariance(config.loss).to(device)

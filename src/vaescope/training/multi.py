@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from vaescope.core.config import Config
 from vaescope.core.device import cpu_settings, select_device
 from vaescope.core.errors import VaescopeError
+from vaescope.core.randomness import global_rng_kept
 from vaescope.core.storage import directory_lock
 from vaescope.data.batches import as_float
 from vaescope.data.dataset import Dataset, check_dataset
@@ -190,7 +191,7 @@ def task_cost(configs: Sequence[Config], image_shape: tuple[int, ...]) -> float:
     """A task's work, for ordering: epochs times the FLOPs of one example's training step, summed
     over its models (:func:`vaescope.training.cost.training_flops_per_example` on the model its config builds)."""
 
-    with torch.random.fork_rng(devices=[]):  # leaves the global generator as it was
+    with global_rng_kept():  # leaves the global generator as it was
         model = build_model(configs[0].model, image_shape)
     return float(training_flops_per_example(model, image_shape)) * sum(c.train.epochs for c in configs)
 

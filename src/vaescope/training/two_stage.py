@@ -17,6 +17,7 @@ import torch
 
 from vaescope.core.config import LossConfig
 from vaescope.core.errors import VaescopeError
+from vaescope.core.randomness import global_rng_kept
 from vaescope.models.objectives import DecoderVariance, gaussian_reconstruction, kl_per_variable
 from vaescope.models.two_stage import SecondStageVAE
 from vaescope.training.engine import make_optimizer
@@ -50,7 +51,7 @@ def train_second_stage(codes: torch.Tensor, settings: SecondStageSettings = Seco
                             "does the first model have an active variable?")
     codes = codes.float()
     n, dim = codes.shape
-    with torch.random.fork_rng(devices=[]):
+    with global_rng_kept():
         torch.manual_seed(settings.seed)
         model = SecondStageVAE(dim, settings.hidden).to(codes.device)
     variance = DecoderVariance(LossConfig(reconstruction="gaussian", objective=settings.objective,
