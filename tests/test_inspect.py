@@ -17,10 +17,11 @@ import vaescope
 from vaescope.cli import main
 from vaescope.core import config as config_mod
 from vaescope.core.errors import VaescopeError
-from vaescope.inspection import INSPECT_FILE, load_user_model
+from vaescope.inspection import INSPECT_FILE
 from vaescope.integrations.monitor import LatentMonitor
 from vaescope.measures.gains import reconstruction_gain
 from vaescope.measures.run import run_statistics
+from vaescope.models.user_model import load_user_model
 from vaescope.runs.checkpoint import load_run
 from vaescope.runs.files import read_trace
 from vaescope.training.train import train

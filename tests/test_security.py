@@ -385,3 +385,17 @@ def test_a_damaged_weights_file_gives_one_line(tmp_path, tiny_config, tiny_datas
         weights.write_bytes(damaged)
         with pytest.raises(VaescopeError, match="model.safetensors is not a valid safetensors file"):
             load_run(run)
+
+
+def test_a_users_module_is_imported_in_one_place_only():
+    """``importlib.import_module`` with a name that is not written in vaescope's source (a user's
+    ``package.module:factory``) is called from ``models/user_model.py`` only; the package's own lazy
+    names (``vaescope/__init__.py``, relative to the package) are the one other computed import."""
+    computed = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "import_module" and not isinstance(node.args[0], ast.Constant):
+                computed.append((path.relative_to(SRC).as_posix(), ast.unparse(node)))
+    assert computed == [("__init__.py", "importlib.import_module(f'.{_LAZY[name]}', __name__)"),
+                        ("models/user_model.py", "importlib.import_module(module_name)")]

@@ -11,16 +11,14 @@ the variance law per variable; and last, what the numbers mean (:mod:`vaescope.m
 Every analysis names the decoder likelihood it used, and runs under
 :func:`vaescope.models.isolation.untouched`: the model comes back exactly as it was.
 
-Three ways in: :func:`inspect` (any model :func:`vaescope.as_latent_model` accepts, and data of any
-shape from anywhere :func:`vaescope.data.batches.iter_batches` reads), :func:`inspect_run` (a run
-directory of ``vaescope train``) and :func:`load_user_model` (a ``package.module:factory`` the user
-names, with optional safetensors weights: this imports and runs the user's code, and is only called
-with a reference the user gave).
+Two ways in: :func:`inspect` (any model :func:`vaescope.as_latent_model` accepts, and data of any
+shape from anywhere :func:`vaescope.data.batches.iter_batches` reads) and :func:`inspect_run` (a run
+directory of ``vaescope train``). ``vaescope inspect --model package.module:factory`` builds the
+user's model with :func:`vaescope.models.user_model.load_user_model` first.
 """
 
 from __future__ import annotations
 
-import inspect as pyinspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from vaescope.core.config import ModelConfig, StatsConfig
+from vaescope.core.config import StatsConfig
 from vaescope.core.errors import VaescopeError
 from vaescope.core.provenance import provenance
 from vaescope.core.storage import atomic_write_json
@@ -52,7 +49,6 @@ from vaescope.measures.variance_law import variance_law
 from vaescope.models.adapters import LatentModelAdapter, as_latent_model
 from vaescope.models.isolation import untouched
 from vaescope.models.likelihoods import Categorical, run_likelihood
-from vaescope.models.networks import load_factory
 from vaescope.reports.dimension import available as dimension_available
 from vaescope.reports.dimension import dimension_section
 from vaescope.reports.html import Paragraph, Section, write_report
@@ -362,53 +358,3 @@ def inspect_run(run_dir: str | Path, out: str | Path | None = None, split: str =
     return inspect(run.model, dataset if dataset is not None else run.config.data.source,
                    out if out is not None else directory / "inspect", trace=trace, split=split,
                    thresholds=run.config.stats, label=f"{run.config.name} ({directory.name})", **options)
-
-
-def load_user_model(reference: str, image_shape: tuple[int, ...], weights: str | Path | None = None) -> nn.Module:
-    """The model ``package.module:factory`` builds (this imports and runs the user's code).
-
-    The factory is called with no argument, with ``image_shape`` ``(C, H, W)`` when it takes one,
-    or with ``(image_shape, ModelConfig)`` when it takes two (the ``model.factory`` contract).
-    ``weights``: a safetensors file loaded with ``load_state_dict`` (strict).
-    """
-
-    factory = load_factory(reference)
-    try:
-        required = [p for p in pyinspect.signature(factory).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):  # no signature (a builtin): call it bare
-        required = []
-    arguments: tuple[Any, ...] = ((), (tuple(image_shape),),
-                                  (tuple(image_shape), ModelConfig(factory=reference)))[min(len(required), 2)]
-    try:
-        model = factory(*arguments)
-    except Exception as err:  # the user's code may raise anything
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise VaescopeError(f"--model {reference!r} raised {type(err).__name__}: {first}; fix the factory") from err
-    if not isinstance(model, nn.Module):
-        raise VaescopeError(f"--model {reference!r} returned {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None:
-        _load_weights(model, Path(weights), reference)
-    return model.eval()
-
-
-def _load_weights(model: nn.Module, path: Path, reference: str) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if path.suffix != ".safetensors":
-        raise VaescopeError(f"--weights {path} is not a .safetensors file; vaescope never unpickles weights "
-                            "(save them with safetensors.torch.save_file(model.state_dict(), ...))")
-    try:
-        state = load_file(str(path))
-    except FileNotFoundError as err:
-        raise VaescopeError(f"--weights {path} does not exist; check the path") from err
-    except (SafetensorError, OSError, ValueError) as err:
-        raise VaescopeError(f"--weights {path} is not a readable safetensors file ({err}); check the file") from err
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:200]
-        raise VaescopeError(f"--weights {path} do not fit the model {reference!r} builds ({detail}); give the "
-                            "weights saved from that model") from err
-

@@ -15,8 +15,8 @@ from vaescope.core.errors import VaescopeError
 from vaescope.data.dataset import Dataset, check_dataset
 from vaescope.data.sources import load_dataset
 from vaescope.training.multi import DEFAULT_WORKER_KIND, default_workers, train_many
-from vaescope.training.workers import start_processes
 from vaescope.training.train import train
+from vaescope.training.workers import start_processes
 
 log = logging.getLogger(__name__)
 

@@ -133,7 +133,8 @@ def inspect(run: Path | None, model_ref: str | None, weights: Path | None, data:
     zeroed (images) or each variable's effect on the decoded data (vectors, tokens), the variance law,
     and what it means. Give a RUN directory, or --model with --data and --out."""
     from vaescope.inspection import inspect as run_inspect
-    from vaescope.inspection import inspect_run, load_user_model
+    from vaescope.inspection import inspect_run
+    from vaescope.models.user_model import load_user_model
 
     if samples < 1:
         raise VaescopeError(f"--samples is {samples}; it must be at least 1")

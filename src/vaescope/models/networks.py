@@ -3,16 +3,15 @@ the rest of vaescope relies on nothing else (see :class:`vaescope.models.objecti
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
 from vaescope.core.config import ModelConfig
 from vaescope.core.errors import VaescopeError
+from vaescope.models.user_model import load_factory
 
 
 class DenseVAE(nn.Module):
@@ -138,28 +137,6 @@ MODEL_KINDS: dict[str, ModelBuilder] = {
 # A model object handed to ``train(config, out, model=...)``: its run records this kind, and
 # rebuilding it needs the object again (``load_run(dir, model=...)``).
 CUSTOM_KIND = "custom"
-
-
-def load_factory(reference: str) -> Callable[..., Any]:
-    """The function ``package.module:function`` names. This imports (runs) the user's module:
-    only ever called with a reference the user gave (``--model``, ``model.factory``)."""
-    module_name, sep, attribute = reference.partition(":")
-    if not sep or not module_name or not attribute:
-        raise VaescopeError(f"model factory {reference!r} is not of the form package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # the user's module may raise anything while importing
-        raise VaescopeError(f"model factory {reference!r}: cannot import {module_name!r} "
-                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                            "check the module path and that it is importable (PYTHONPATH)") from err
-    factory = module
-    for part in attribute.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise VaescopeError(f"model factory {reference!r}: {module_name!r} has no {attribute!r}; check the name")
-    if not callable(factory):
-        raise VaescopeError(f"model factory {reference!r} is not callable; name a function or class")
-    return factory
 
 
 def build_model(config: ModelConfig, image_shape: tuple[int, ...]) -> nn.Module:
