@@ -107,3 +107,20 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, tiny_
     latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
     assert latest["epoch"] == 1
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_resumed_run_keeps_its_config_but_takes_the_callers_execution_keys(tmp_path, tiny_config):
+    """train.compile says how a run is computed, not what: a run resumes under another value, and
+    under that value; any other difference is refused, naming the key."""
+    from vaescope.core.config import EXECUTION_KEYS, replace
+    from vaescope.core.errors import VaescopeError
+    from vaescope.runs.files import CONFIG_FILE, resolve_run_config
+
+    assert EXECUTION_KEYS == ("train.compile",)
+    stored = replace(tiny_config, **{"train.compile": "off"})
+    (tmp_path / CONFIG_FILE).write_text(stored.to_json())
+    resumed = resolve_run_config(tmp_path, replace(stored, **{"train.compile": "on"}), resume=True)
+    assert resumed.train.compile == "on" and replace(resumed, **{"train.compile": "off"}) == stored
+    assert resolve_run_config(tmp_path, None, resume=True).train.compile == "off"
+    with pytest.raises(VaescopeError, match=r"holds a run of another config \(train.seed differ\)"):
+        resolve_run_config(tmp_path, replace(stored, **{"train.seed": 7}), resume=True)

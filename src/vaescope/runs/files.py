@@ -19,7 +19,7 @@ directory; ``resume`` continues a run of the same config and refuses one of anot
 from __future__ import annotations
 
 import csv
-import dataclasses
+import functools
 import io
 import shutil
 from dataclasses import dataclass, field
@@ -202,7 +202,8 @@ def resolve_run_config(directory: Path, config: Config | None, resume: bool) -> 
         raise VaescopeError(f"{directory} holds a run of another config ({changed} differ); resume it without "
                             "options to continue it as it was, or choose another --out")
     if config is not None:  # equal but for how it is computed: the caller's choice of that
-        return dataclasses.replace(stored, train=dataclasses.replace(stored.train, compile=config.train.compile))
+        return config_mod.replace(stored, **{key: functools.reduce(getattr, key.split("."), config)
+                                             for key in config_mod.EXECUTION_KEYS})
     return stored
 
 

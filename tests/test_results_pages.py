@@ -1,0 +1,165 @@
+"""The results pages quote two kept runs of ``vaescope reproduce``: every number checked against them.
+
+``docs/results/data/reproduce-quick.json`` and ``reproduce-full.json`` are the ``results.json`` of
+``vaescope reproduce --quick`` and ``vaescope reproduce`` (their ``provenance`` says which commit,
+command and machine). The pages ``docs/results/articles.md`` and ``docs/results/dynamics.md`` must
+show the figures those files hold, formatted as below; a figure that drifts from its run fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "docs" / "results" / "data"
+
+
+def _page(name: str) -> str:
+    return " ".join((ROOT / "docs" / "results" / name).read_text().split())  # one line: wrapping is free
+
+
+def _run(mode: str) -> dict[str, Any]:
+    return json.loads((DATA / f"reproduce-{mode}.json").read_text())
+
+
+def _counts(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _devs(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds) // 60} min {int(seconds) % 60} s"
+
+
+def static_phrases(run: dict[str, Any]) -> list[str]:
+    """What the articles page says of a run's static experiments."""
+    models, generation = run["models"], run["generation"]
+    return [
+        f"dense16 has **{_counts(models['dense16']['inactive_count'])}** of 16",
+        f"**{generation['inactive_zeroed_mean_abs_diff']:.4f}**",
+        f"**{generation['active_zeroed_mean_abs_diff']:.3f}**",
+        f"Without the KL term no variable is inactive ({_counts(models['dense16_no_kl']['inactive_count'])})",
+        f"**{_devs(models['dense16']['variance_law_max_abs_dev'])}** (dense16)",
+        f"**{_devs(models['conv16']['variance_law_max_abs_dev'])}** (conv16)",
+        f"conv16 has **{_counts(models['conv16']['inactive_count'])}** inactive",
+    ]
+
+
+def noise_phrases(run: dict[str, Any]) -> list[str]:
+    noise = run["noise_collapse"]
+    collapsed = next(h for h in noise["history"] if h["collapsed"])
+    peak = max(noise["history"], key=lambda h: h["mu_variance"])
+    return [
+        f"Var(mu) rose from {noise['history'][0]['mu_variance']:.1f} to {peak['mu_variance']:.1f} at noise std "
+        f"{peak['noise_std']:.1f}",
+        f"Variable {noise['variable']} (gain {noise['gain_before']:.1f} nats, KL {noise['kl_before']:.1f} nats)",
+        f"**collapsed** at epoch {noise['collapse_epoch']} (Var(mu) {collapsed['mu_variance']:.4f}, "
+        f"mean sigma^2 {collapsed['sigma2_mean']:.3f})",
+        f"regained **{noise['recovered_fraction']:.0%}** of its gain ({noise['gain_after']:.1f} nats)",
+    ]
+
+
+def coverage_phrases(run: dict[str, Any]) -> list[str]:
+    on, off = run["kl_ablation"]["with_sampling"], run["kl_ablation"]["without_sampling"]
+    return [
+        f"nearest code is {on['nearest_code_distance']:.3f} ({on['prior_reference_distance']:.3f} if the codes",
+        f"the Gaussian fit is {on['gaussian_fit_kl']:.2f} nats from N(0, I)",
+        f"the distance more than doubles to {off['nearest_code_distance']:.3f} and the KL is "
+        f"{off['gaussian_fit_kl']:.2f} nats",
+    ]
+
+
+def trajectory_phrases(run: dict[str, Any]) -> list[str]:
+    t = run["trajectories"]
+    return [f"start at mean sigma^2 {t['sigma2_mean_start']:.2f} and end the first epoch at "
+            f"{t['sigma2_mean_end']:.3f}; after 10 epochs the snapshot digits average {t['sigma2_mean_final']:.4f}"]
+
+
+def time_phrases(run: dict[str, Any]) -> list[str]:
+    timing = run["timing"]
+    total, steps = timing["total_seconds"], timing["step_seconds"]
+    return [f"**{total:.0f} s ({_minutes(total)})**", f"training the 12 runs {steps['train']:.0f} s",
+            f"noise collapse {steps['noise-collapse']:.0f} s", f"trajectories {steps['trajectories']:.0f} s"]
+
+
+def provenance_phrase(run: dict[str, Any]) -> str:
+    return f"at commit {run['provenance']['commit']}"
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_the_kept_runs_are_what_the_command_writes(mode):
+    run = _run(mode)
+    assert run["mode"] == mode and run["seeds"] == [0, 1, 2] and run["dataset"] == "mnist"
+    assert run["provenance"]["command"].startswith(f"vaescope reproduce {'--quick ' if mode == 'quick' else ''}--out")
+    epochs = {"quick": {"dense16": 10, "dense16_no_kl": 10, "conv16": 5},
+              "full": {"dense16": 40, "dense16_no_kl": 40, "conv16": 20}}[mode]
+    assert {m: run["models"][m]["epochs"] for m in epochs} == epochs
+    assert not any(any(run["models"][m]["reused"]) for m in epochs)  # trained from scratch: the times hold
+
+
+def test_the_articles_page_quotes_the_quick_run():
+    page, run = _page("articles.md"), _run("quick")
+    section = page.split("## What `--quick` gives", 1)[1].split("## The full settings", 1)[0]
+    gains = run["reconstruction_gain"]["dense16"]
+    active = [v["active"] for v in run["models"]["dense16"]["first_seed_statistics"]["variables"]]
+    active_gains = [g for g, a in zip(gains, active, strict=True) if a]
+    assert max(abs(g) for g, a in zip(gains, active, strict=True) if not a) < 5e-4  # "below 5e-4 nats"
+    gain_phrase = f"against {min(active_gains):.0f} to {max(active_gains):.0f} nats for the active ones"
+    missing = [p for p in static_phrases(run) + [provenance_phrase(run), gain_phrase] if p not in section]
+    assert missing == []
+    timing = page.split("## Time of `--quick`", 1)[1]
+    assert [p for p in time_phrases(run)[:1] + [provenance_phrase(run)] if p not in timing] == []
+
+
+def test_the_articles_page_quotes_the_full_run():
+    page, run = _page("articles.md"), _run("full")
+    section = page.split("## The full settings", 1)[1].split("## Time of `--quick`", 1)[0]
+    noise = run["noise_collapse"]
+    phrases = [
+        f"dense16 **{_counts(run['models']['dense16']['inactive_count'])}** inactive",
+        f"variance law within **{_devs(run['models']['dense16']['variance_law_max_abs_dev'])}**",
+        f"no-KL {_counts(run['models']['dense16_no_kl']['inactive_count'])}",
+        f"conv16 **{_counts(run['models']['conv16']['inactive_count'])}**, variance law within "
+        f"{_devs(run['models']['conv16']['variance_law_max_abs_dev'])}",
+        f"changes generated pixels by {run['generation']['inactive_zeroed_mean_abs_diff']:.4f}, as many low-KL "
+        f"active ones by {run['generation']['active_zeroed_mean_abs_diff']:.3f}",
+        f"variable {noise['variable']} (gain {noise['gain_before']:.1f} nats) collapsed at epoch "
+        f"{noise['collapse_epoch']} (noise std {noise['noise_at_stop']:.2f}) and regained "
+        f"{noise['recovered_fraction']:.0%} of its gain",
+        provenance_phrase(run),
+        *time_phrases(run),
+    ]
+    assert [p for p in phrases if p not in section] == []
+
+
+def test_the_dynamics_page_quotes_the_quick_run():
+    page, quick, full = _page("dynamics.md"), _run("quick"), _run("full")
+    observed = page.split("## What we observed", 1)[1]
+    phrases = noise_phrases(quick) + coverage_phrases(quick) + trajectory_phrases(quick) + [
+        provenance_phrase(quick),
+        f"With the full settings it collapsed at epoch {full['noise_collapse']['collapse_epoch']} and regained "
+        f"{full['noise_collapse']['recovered_fraction']:.0%}",
+    ]
+    assert [p for p in phrases if p not in observed] == []
+    times = page.split("## Time", 1)[1].split("## What we observed", 1)[0]
+    rows = [f"| noise collapse (after dense16 is trained) | {quick['timing']['step_seconds']['noise-collapse']:.0f} s "
+            f"| {full['timing']['step_seconds']['noise-collapse']:.0f} s |",
+            f"| KL ablation (its dense3 runs trained in the first step) | "
+            f"{quick['timing']['step_seconds']['kl-ablation']:.0f} s | {full['timing']['step_seconds']['kl-ablation']:.0f} s |",
+            f"{quick['timing']['total_seconds']:.0f} s of `--quick` and the {full['timing']['total_seconds']:.0f} s"]
+    assert [r for r in rows if r not in times] == []
+
+
+def test_the_phrases_move_with_the_numbers():
+    """The control: a run with one count changed no longer matches the page."""
+    run = _run("quick")
+    run["models"]["dense16"]["inactive_count"] = [8, 9, 10]
+    section = _page("articles.md").split("## What `--quick` gives", 1)[1]
+    assert static_phrases(run)[0] not in section
