@@ -21,7 +21,6 @@ from vaescope.data.sources import load_dataset
 from vaescope.measures.statistics import LatentStatistics, latent_statistics
 from vaescope.models.adapters import as_latent_model
 from vaescope.runs.checkpoint import Run, load_run
-from vaescope.sweeps.execute import sweep
 
 __all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "LatentStatisticsMetric", "Run", "VaescopeError",
            "as_latent_model",
@@ -29,6 +28,7 @@ __all__ = ["Config", "Dataset", "LatentMonitor", "LatentStatistics", "LatentStat
            "mutual_information", "sweep"]
 
 _LAZY = {"LatentMonitor": "integrations.monitor", "inspect": "inspection",  # these import matplotlib / the run files
+         "sweep": "sweeps.execute",  # its report draws figures (matplotlib): `vaescope train` should not wait for that
          "mutual_information": "measures.information", "importance_weighted_bound": "measures.bound",
          "criteria_table": "measures.criteria",
          "LatentStatisticsMetric": "integrations.metric"}  # imports torchmetrics, an optional extra
