@@ -89,8 +89,11 @@ def time_phrases(run: dict[str, Any]) -> list[str]:
             f"noise collapse {steps['noise-collapse']:.0f} s", f"trajectories {steps['trajectories']:.0f} s"]
 
 
-def provenance_phrase(run: dict[str, Any]) -> str:
-    return f"at commit {run['provenance']['commit']}"
+def provenance_phrases(run: dict[str, Any]) -> list[str]:
+    """The commit the run names; a run from a working tree with uncommitted edits ("-dirty") must say so."""
+    commit = run["provenance"]["commit"]
+    clean = commit.removesuffix("-dirty")
+    return [f"at commit {clean}"] + ([f"`{commit}`"] if commit != clean else [])
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
@@ -112,10 +115,29 @@ def test_the_articles_page_quotes_the_quick_run():
     active_gains = [g for g, a in zip(gains, active, strict=True) if a]
     assert max(abs(g) for g, a in zip(gains, active, strict=True) if not a) < 5e-4  # "below 5e-4 nats"
     gain_phrase = f"against {min(active_gains):.0f} to {max(active_gains):.0f} nats for the active ones"
-    missing = [p for p in static_phrases(run) + [provenance_phrase(run), gain_phrase] if p not in section]
+    missing = [p for p in static_phrases(run) + provenance_phrases(run) + [gain_phrase] if p not in section]
     assert missing == []
     timing = page.split("## Time of `--quick`", 1)[1]
-    assert [p for p in time_phrases(run)[:1] + [provenance_phrase(run)] if p not in timing] == []
+    old = json.loads((DATA / "reproduce-quick-58c938d.json").read_text())
+    steps, old_steps = run["timing"]["step_seconds"], old["timing"]["step_seconds"]
+    conv = run["models"]["conv16"]
+    phrases = time_phrases(run)[:1] + provenance_phrases(run) + [
+        f"`train_many` call, {steps['train']:.0f} s; noise collapse {steps['noise-collapse']:.0f} s; reconstruction "
+        f"gains {steps['reconstruction-gain']:.0f} s; trajectories {steps['trajectories']:.0f} s",
+        f"conv16's 15 epochs ({conv['train_seconds'][0] / conv['epochs']:.1f} s each on one thread)",
+        f"it took **{old['timing']['total_seconds']:.0f} s**",
+        f"took {run['timing']['total_seconds'] / old['timing']['total_seconds'] - 1:.0%} longer than 58c938d's in all "
+        f"and {steps['train'] / old_steps['train'] - 1:.0%} longer in training ({steps['train']:.0f} s against "
+        f"{old_steps['train']:.0f} s;",
+    ]
+    assert [p for p in phrases if p not in timing] == []
+    assert old["models"]["dense16"]["inactive_count"] == run["models"]["dense16"]["inactive_count"]  # "identical"
+
+
+def test_the_commands_at_the_top_give_the_measured_times():
+    head = _page("articles.md").split("One command trains", 1)[0]
+    for mode in ("quick", "full"):
+        assert f"({_run(mode)['timing']['total_seconds']:.0f} s measured)" in head, mode
 
 
 def test_the_articles_page_quotes_the_full_run():
@@ -133,7 +155,7 @@ def test_the_articles_page_quotes_the_full_run():
         f"variable {noise['variable']} (gain {noise['gain_before']:.1f} nats) collapsed at epoch "
         f"{noise['collapse_epoch']} (noise std {noise['noise_at_stop']:.2f}) and regained "
         f"{noise['recovered_fraction']:.0%} of its gain",
-        provenance_phrase(run),
+        *provenance_phrases(run),
         *time_phrases(run),
     ]
     assert [p for p in phrases if p not in section] == []
@@ -142,8 +164,7 @@ def test_the_articles_page_quotes_the_full_run():
 def test_the_dynamics_page_quotes_the_quick_run():
     page, quick, full = _page("dynamics.md"), _run("quick"), _run("full")
     observed = page.split("## What we observed", 1)[1]
-    phrases = noise_phrases(quick) + coverage_phrases(quick) + trajectory_phrases(quick) + [
-        provenance_phrase(quick),
+    phrases = noise_phrases(quick) + coverage_phrases(quick) + trajectory_phrases(quick) + provenance_phrases(quick) + [
         f"With the full settings it collapsed at epoch {full['noise_collapse']['collapse_epoch']} and regained "
         f"{full['noise_collapse']['recovered_fraction']:.0%}",
     ]
@@ -153,6 +174,8 @@ def test_the_dynamics_page_quotes_the_quick_run():
             f"| {full['timing']['step_seconds']['noise-collapse']:.0f} s |",
             f"| KL ablation (its dense3 runs trained in the first step) | "
             f"{quick['timing']['step_seconds']['kl-ablation']:.0f} s | {full['timing']['step_seconds']['kl-ablation']:.0f} s |",
+            f"| trajectories (recording the first epochs of dense2 again; dense2 trained in the first step) | "
+            f"{quick['timing']['step_seconds']['trajectories']:.0f} s | {full['timing']['step_seconds']['trajectories']:.0f} s |",
             f"{quick['timing']['total_seconds']:.0f} s of `--quick` and the {full['timing']['total_seconds']:.0f} s"]
     assert [r for r in rows if r not in times] == []
 
@@ -163,3 +186,12 @@ def test_the_phrases_move_with_the_numbers():
     run["models"]["dense16"]["inactive_count"] = [8, 9, 10]
     section = _page("articles.md").split("## What `--quick` gives", 1)[1]
     assert static_phrases(run)[0] not in section
+
+
+@pytest.mark.parametrize("page", ["getting-started.md", "guide/measures.md"])
+def test_the_stats_sample_pages_name_the_quick_runs_model(page):
+    """Beside the README's `stats` sample, the pages quote the same model in the kept --quick run."""
+    stats = _run("quick")["models"]["dense16"]["first_seed_statistics"]
+    text = " ".join((ROOT / "docs" / page).read_text().split())
+    assert (f"trains the same model: {stats['inactive_count']} of {stats['latent_dim']} inactive, variance law "
+            f"within {stats['variance_law_max_abs_dev']:.3f}") in text
