@@ -195,3 +195,60 @@ def test_the_stats_sample_pages_name_the_quick_runs_model(page):
     text = " ".join((ROOT / "docs" / page).read_text().split())
     assert (f"trains the same model: {stats['inactive_count']} of {stats['latent_dim']} inactive, variance law "
             f"within {stats['variance_law_max_abs_dev']:.3f}") in text
+
+
+def _sweep(k: int) -> dict[str, Any]:
+    return json.loads((DATA / f"known-factors-k{k}.json").read_text())
+
+
+def test_the_known_factors_table_is_the_kept_sweeps():
+    page = _page("known-factors.md")
+    names = {2: "2 (x, y)", 3: "3 (x, y, size)", 5: "5 (x, y, size, elongation, angle)"}
+    for k, name in names.items():
+        sweep = _sweep(k)
+        assert sweep["provenance"]["command"].startswith(f"vaescope sweep --preset dense16 --data synthetic:factors={k} "
+                                                         "--grid model.latent_dim=2,4,8,16 --seeds 2 --epochs 10")
+        cells = [_counts([r["active_mu_variance"] for r in sweep["rows"] if r["latent_dim"] == size])
+                 for size in (2, 4, 8, 16)]
+        reading = sweep["intrinsic_dimension"][0]["mu_variance"]
+        value = f"{reading['value']:g}"
+        row = f"| {name} | {' | '.join(cells)} | **{value}** (levels off at L = {reading['latent_size']}) |"
+        assert row in page, row
+    seconds = ", ".join(f"{_sweep(k)['seconds']:.0f}" for k in (2, 3)) + f" and {_sweep(5)['seconds']:.0f} s"
+    assert f"({seconds} for K = 2, 3, 5)" in page
+    assert "at commit " + _sweep(2)["provenance"]["commit"] in page
+
+
+def test_the_known_factors_losses_are_the_kept_sweeps():
+    page = _page("known-factors.md")
+
+    def span(k: int, sizes: tuple[int, ...]) -> str:
+        losses = [r["test_loss"] for r in _sweep(k)["rows"] if r["latent_dim"] in sizes]
+        return f"{min(losses):.1f}-{max(losses):.1f}"
+
+    assert (f"K = 3: {span(3, (2,))} at L = 2, {span(3, (4,))} at L = 4, {span(3, (8, 16))} at L = 8 and 16 nats"
+            in page)
+    assert f"loss ({span(2, (2,))} at L = 2 against {span(2, (4, 8, 16))} above)" in page
+    at4 = [r["test_loss"] for r in _sweep(5)["rows"] if r["latent_dim"] == 4]
+    assert f"differ by up to {max(at4) - min(at4):.0f} nats at L = 4" in page
+    differing = [(k, r["run"]) for k in (2, 3, 5) for r in _sweep(k)["rows"]
+                 if len({r["active_mu_variance"], r["active_sigma2"]}) > 1]
+    assert differing == [(3, "latent_dim16-seed1")]  # "the only run of the 24 whose count differs"
+    assert "run (L = 16, seed 1)" in page and "the only run of the 24 whose count differs" in page
+
+
+def test_the_prune_page_quotes_the_kept_prune():
+    prune = json.loads((DATA / "prune-k2-latent16.json").read_text())
+    page = " ".join((ROOT / "docs" / "guide" / "prune.md").read_text().split())
+    before, after = prune["parameters_before"], prune["parameters_after"]
+    diff = prune["max_abs_difference"]
+    phrases = [
+        f"{len(prune['removed'])} variables removed; {before:,} parameters before, {after:,} after "
+        f"({1 - after / before:.2%} fewer",
+        f"decoded test images {diff['decoded_images']:.1e} (logits {diff['decoded_logits']:.1e}, kept means "
+        f"{diff['mu']:.0e})".replace("e-0", "e-"),
+        f"test loss {prune['test_before']['loss']:.3f} -> {prune['test_after']['loss']:.3f} nats (reconstruction "
+        f"{prune['test_before']['reconstruction']:.3f} -> {prune['test_after']['reconstruction']:.3f}",
+        f"({prune['latent_dim_after']} of {prune['latent_dim_before']} variables active)",
+    ]
+    assert [p for p in phrases if p not in page] == []
