@@ -252,3 +252,27 @@ def test_the_prune_page_quotes_the_kept_prune():
         f"({prune['latent_dim_after']} of {prune['latent_dim_before']} variables active)",
     ]
     assert [p for p in phrases if p not in page] == []
+
+
+def test_the_measures_page_quotes_the_kept_stats():
+    stats = json.loads((DATA / "stats-mi-iwae-dense16.json").read_text())
+    timed = json.loads((DATA / "stats-mi-iwae-dense16.time.json").read_text())
+    page = " ".join((ROOT / "docs" / "guide" / "measures.md").read_text().split())
+    mi, bounds = stats["mutual_information"], stats["iwae_bound"]["bounds"]
+    active = [v["active"] for v in stats["variables"]]
+    on = [p for p, a in zip(mi["per_variable"], active, strict=True) if a]
+    off = [p for p, a in zip(mi["per_variable"], active, strict=True) if not a]
+    values = ", ".join(f"{bounds[k]['log_likelihood_bound']:.2f}" for k in ("1", "10", "100", "1000"))
+    phrases = [
+        f"**I(x; z) = {mi['joint']:.2f} nats** (standard error {mi['joint_standard_error']:.3f}) against its "
+        f"ceiling of {mi['log_n_upper_bound']:.2f}",
+        f"it gives {min(on):.2f} to {max(on):.2f} nats for the {len(on)} active variables and at most "
+        f"{max(off):.4f} for the {len(off)} inactive ones (sum {mi['per_variable_sum']:.1f} nats",
+        f"gives {values.replace(', -112', ' and -112')} nats for K = 1, 10, 100, 1000",
+        f"| the whole command | **{timed['wall_seconds']:.0f} s** |",
+        f"(joint {mi['joint']:.2f} nats, standard error {mi['joint_standard_error']:.3f}, ceiling log N = "
+        f"{mi['log_n_upper_bound']:.2f}) | **{mi['seconds']:.1f} s** |",
+        f"({values} nats, grey levels) | **{stats['iwae_bound']['seconds']:.0f} s** |",
+        f"at commit {timed['commit']} on {timed['date']}",
+    ]
+    assert [p for p in phrases if p not in page] == []
