@@ -50,6 +50,16 @@ def test_stats_json_contract_and_files(trained_run):
 def test_stats_threshold_option_changes_the_verdict(trained_run):
     strict = json.loads(invoke("stats", str(trained_run), "--json", "--mu-variance-threshold", "1e9").output)
     assert strict["inactive_count"] == 4 and strict["thresholds"]["mu_variance"] == 1e9
+    kept = json.loads(invoke("stats", str(trained_run), "--json", "--kl-threshold", "0.5").output)["thresholds"]
+    assert kept == {"mu_variance": 0.01, "sigma2_mean": 0.8, "kl_mean": 0.5}  # the others: the run's config
+
+
+@pytest.mark.parametrize("command", ["stats", "prune"])
+def test_a_bad_threshold_is_refused_as_a_config_value(trained_run, tmp_path, command):
+    extra = ["--out", str(tmp_path / "pruned")] if command == "prune" else []
+    result = invoke(command, str(trained_run), *extra, "--kl-threshold", "-1")
+    assert result.exit_code == 2
+    assert result.output.strip() == "Error: invalid config: stats.kl_threshold must be positive"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -73,8 +73,6 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
           iwae: tuple[str, ...], iwae_images: int | None, figure: Path | None, likelihood: str | None) -> None:
     """Per-variable latent statistics of a trained RUN over a full split (the sparsity article's Table 1),
     with every activity criterion side by side; --mi and --iwae add the information measures."""
-    import dataclasses
-
     from vaescope.measures.run import run_measures
     from vaescope.reports.tables import criteria_text
     from vaescope.runs.checkpoint import load_run
@@ -87,11 +85,8 @@ def stats(run: Path, split: str, as_json: bool, mu_variance_threshold: float | N
         if value < 1:
             raise VaescopeError(f"{name} is {value}; it must be at least 1")
     loaded = load_run(run)
-    given = {"mu_variance_threshold": mu_variance_threshold, "sigma2_threshold": sigma2_threshold,
-             "kl_threshold": kl_threshold}
-    thresholds = config_mod.validate(dataclasses.replace(
-        loaded.config, stats=dataclasses.replace(loaded.config.stats, **{k: v for k, v in given.items() if v is not None})
-    )).stats
+    thresholds = config_mod.stats_with(loaded.config, mu_variance_threshold=mu_variance_threshold,
+                                       sigma2_threshold=sigma2_threshold, kl_threshold=kl_threshold)
     result = run_measures(loaded, split=split, thresholds=thresholds, mutual_information=with_mi, iwae_ks=ks,
                           samples=samples, iwae_images=iwae_images, likelihood=likelihood)
     if figure is not None:

@@ -80,17 +80,12 @@ def sweep(preset: str | None, config_file: Path | None, grid_texts: tuple[str, .
 def prune(run: Path, out: Path, criterion: str, mu_variance_threshold: float | None, sigma2_threshold: float | None,
           kl_threshold: float | None) -> None:
     """Write a smaller copy of RUN without its inactive latent variables, and prune.json."""
-    import dataclasses
-
     from vaescope.prune import describe, prune_run
     from vaescope.runs.checkpoint import load_run
 
     loaded = load_run(run)
-    given = {"mu_variance_threshold": mu_variance_threshold, "sigma2_threshold": sigma2_threshold,
-             "kl_threshold": kl_threshold}
-    thresholds = config_mod.validate(dataclasses.replace(
-        loaded.config, stats=dataclasses.replace(loaded.config.stats, **{k: v for k, v in given.items() if v is not None})
-    )).stats
+    thresholds = config_mod.stats_with(loaded.config, mu_variance_threshold=mu_variance_threshold,
+                                       sigma2_threshold=sigma2_threshold, kl_threshold=kl_threshold)
     click.echo(describe(prune_run(run, out, criterion=criterion, thresholds=thresholds)))
 
 

@@ -366,3 +366,10 @@ def replace(config: Config, **dotted: Any) -> Config:
     for key, value in dotted.items():
         _set_dotted(tree, key, value)
     return from_dict(tree)
+
+
+def stats_with(config: Config, **thresholds: float | None) -> StatsConfig:
+    """``config.stats`` with the thresholds given (``mu_variance_threshold``, ``sigma2_threshold``,
+    ``kl_threshold``; None keeps the config's), validated as any config is."""
+    given = {key: value for key, value in thresholds.items() if value is not None}
+    return validate(dataclasses.replace(config, stats=dataclasses.replace(config.stats, **given))).stats
