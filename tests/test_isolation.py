@@ -186,9 +186,9 @@ def test_a_block_in_another_thread_never_changes_a_seeded_initialisation():
 
     reference = initialise()
     stop = threading.Event()
+    probe = nn.Linear(2, 2)  # built here: building it in the thread would draw from the generator unlocked
 
     def measure() -> None:
-        probe = nn.Linear(2, 2)
         while not stop.is_set():
             with untouched(probe):
                 torch.randn(64)  # a draw inside the block, as reading a DataLoader makes
