@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from vaescope.core.config import StatsConfig
 from vaescope.core.device import cpu_settings, select_device
-from vaescope.core.randomness import global_rng_kept
 from vaescope.core.storage import atomic_write_json, atomic_write_text
 from vaescope.data.dataset import Dataset, split_images
 from vaescope.data.sources import load_dataset
@@ -29,12 +27,8 @@ from vaescope.runs.files import STATS_COLUMNS, rows_to_csv
 
 
 def _loaded(run: Run | str | Path) -> Run:
-    """The run, loaded when a path is given; building its model draws initial weights from torch's global
-    generator, so that is done on a copy of the generator's state (the caller's draws stay as they were)."""
-    if isinstance(run, Run):
-        return run
-    with global_rng_kept():
-        return load_run(run)
+    """The run, loaded when a path is given (:func:`load_run` leaves the caller's random state as it was)."""
+    return run if isinstance(run, Run) else load_run(run)
 
 
 def run_statistics(
